@@ -1,0 +1,237 @@
+/* backend.h: the op set, and the two backends (CPU, CUDA) behind it.
+ *
+ * What it is: every numerical operation the models, the trainer and the samplers use,
+ * as one table of function pointers per backend. Model code calls ncsn_<op>(be, ...) and
+ * never knows which device it runs on.
+ * What it is not: a tensor library. Ops take raw float pointers that live in the
+ * backend's memory (host memory for CPU, device memory for CUDA) plus explicit sizes.
+ *
+ * Conventions
+ * - Layout is NCHW, float32, contiguous, exactly as PyTorch stores it. Weights are
+ *   [K, C, kh, kw]. N batch, C channels in, K channels out, H x W spatial.
+ * - Outputs first, then inputs, then weights, then saved statistics, then sizes.
+ * - Overwrite vs accumulate: forward ops overwrite their output. Parameter gradients
+ *   (dw, db, dgamma, dalpha, dbeta) always ACCUMULATE (+=), so a model zeroes its
+ *   gradient buffer once per step. Activation gradients (din, dx) overwrite unless the
+ *   op's `accumulate` argument is nonzero, in which case they are added (used at fan-in
+ *   points: residual sums, RefineNet fusion, CRP sums).
+ * - All ops are asynchronous on CUDA (one stream per backend); ncsn_synchronize() waits.
+ *   Copies to the host are synchronous.
+ * - Level labels are int32 indices 0..L-1 (0 = largest sigma), in backend memory.
+ * - Every op checks its sizes; violating one is a fatal error naming the op.
+ */
+#ifndef NCSN_BACKEND_H
+#define NCSN_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/element_math.h"
+#include "ncsn/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { NCSN_DEVICE_CPU = 0, NCSN_DEVICE_CUDA = 1 } ncsn_device_kind;
+
+/* Math precision of convolutions. FP32 is strict IEEE fp32 (tests, reproduction);
+ * TF32 and BF16 only change the CUDA backend (the CPU backend is always FP32). */
+typedef enum { NCSN_PRECISION_FP32 = 0, NCSN_PRECISION_TF32 = 1, NCSN_PRECISION_BF16 = 2 } ncsn_precision;
+
+/* A stride-1 "same" 2-D convolution: padding = dilation * (ksize / 2), so the output is
+ * N x K x H x W. Every convolution of NCSN v1/v2 is of this form (ConvMeanPool pools
+ * after the convolution; adjust_padding is never active). */
+typedef struct {
+    int N, C, H, W; /* input */
+    int K;          /* output channels */
+    int ksize;      /* 1 or 3 */
+    int dilation;   /* PyTorch convention: 1 = dense (oneDNN uses dilation - 1) */
+    int has_bias;
+} ncsn_conv_desc;
+
+/* InstanceNorm++ statistics saved by the forward for the backward:
+ * [mean (N*C) | rstd (N*C) | mhat (N*C) | rstd of channel means (N)]. */
+#define NCSN_NORM_STATS_COUNT(N, C) ((size_t)3 * (size_t)(N) * (size_t)(C) + (size_t)(N))
+
+typedef struct ncsn_backend ncsn_backend;
+
+typedef struct ncsn_backend_ops {
+    const char *name;
+
+    /* ---- memory ---- */
+    void *(*alloc)(ncsn_backend *be, size_t bytes); /* zero-filled, 256-byte aligned */
+    void (*free)(ncsn_backend *be, void *p);
+    void (*memset_zero)(ncsn_backend *be, void *p, size_t bytes);
+    void (*copy_to_device)(ncsn_backend *be, void *dst, const void *src_host, size_t bytes);
+    void (*copy_to_host)(ncsn_backend *be, void *dst_host, const void *src, size_t bytes);
+    void (*copy)(ncsn_backend *be, void *dst, const void *src, size_t bytes);
+    void (*synchronize)(ncsn_backend *be);
+
+    /* ---- convolution ---- */
+    void (*conv2d_forward)(ncsn_backend *be, float *out, const float *in, const float *w, const float *b,
+                           const ncsn_conv_desc *d);
+    void (*conv2d_backward_data)(ncsn_backend *be, float *din, const float *dout, const float *w,
+                                 const ncsn_conv_desc *d, int accumulate);
+    /* dw += ..., db += ... (db ignored when !has_bias) */
+    void (*conv2d_backward_weights_accumulate)(ncsn_backend *be, float *dw, float *db, const float *in,
+                                               const float *dout, const ncsn_conv_desc *d);
+
+    /* ---- InstanceNorm++ (unconditional and conditional) ----
+     * Parameters of example n are gamma[row*stride + c], alpha[...], beta[...] with
+     * row = labels ? labels[n] : 0. Unconditional IN++ passes stride 0 and labels NULL;
+     * conditional IN++ passes pointers into the [L, 3C] embedding (gamma = embed,
+     * alpha = embed + C, beta = embed + 2C) with stride 3C. Channel-mean variance is the
+     * unbiased one (divide by C-1); for C == 1 the mhat term is defined as 0. */
+    void (*instance_norm_plus_forward)(ncsn_backend *be, float *out, const float *x, const float *gamma,
+                                       const float *alpha, const float *beta, int param_stride,
+                                       const int32_t *labels, float *stats, int N, int C, int H, int W);
+    void (*instance_norm_plus_backward)(ncsn_backend *be, float *dx, float *dgamma, float *dalpha,
+                                        float *dbeta, const float *dout, const float *x, const float *gamma,
+                                        const float *alpha, int param_stride, const int32_t *labels,
+                                        const float *stats, int N, int C, int H, int W, int accumulate);
+
+    /* ---- activation ---- (in place allowed: out == x, dx == dout) */
+    void (*elu_forward)(ncsn_backend *be, float *out, const float *x, size_t n);
+    void (*elu_backward)(ncsn_backend *be, float *dx, const float *dout, const float *out, size_t n);
+
+    /* ---- pooling and resampling ---- (sizes are of the INPUT) */
+    /* 2x2 mean pool, stride 2 (ConvMeanPool); H and W even. */
+    void (*mean_pool2_forward)(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W);
+    void (*mean_pool2_backward)(ncsn_backend *be, float *din, const float *dout, int N, int C, int H, int W,
+                                int accumulate);
+    /* 5x5 average pool, stride 1, pad 2, count_include_pad (always / 25): v1 CRP. */
+    void (*avg_pool5_forward)(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W);
+    void (*avg_pool5_backward)(ncsn_backend *be, float *din, const float *dout, int N, int C, int H, int W,
+                               int accumulate);
+    /* 5x5 max pool, stride 1, pad 2 (padding = -inf): v2 CRP. The backward routes each
+     * output gradient to the first maximum of its window in row-major order. */
+    void (*max_pool5_forward)(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W);
+    void (*max_pool5_backward)(ncsn_backend *be, float *din, const float *dout, const float *in, int N, int C,
+                               int H, int W, int accumulate);
+    /* Bilinear resize, align_corners=True: src = dst * (in - 1) / (out - 1). */
+    void (*resize_bilinear_forward)(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W,
+                                    int Ho, int Wo);
+    void (*resize_bilinear_backward)(ncsn_backend *be, float *din, const float *dout, int N, int C, int H,
+                                     int W, int Ho, int Wo, int accumulate);
+
+    /* ---- elementwise ---- */
+    void (*add)(ncsn_backend *be, float *out, const float *a, const float *b, size_t n); /* out = a + b */
+    void (*accumulate)(ncsn_backend *be, float *y, const float *x, size_t n);          /* y += x */
+    void (*scale_shift)(ncsn_backend *be, float *out, const float *x, float scale, float shift, size_t n);
+    /* out[n, :] = x[n, :] / sigmas[labels[n]] (v2 output head; also its own backward). */
+    void (*divide_by_sigma)(ncsn_backend *be, float *out, const float *x, const float *sigmas,
+                            const int32_t *labels, int N, size_t per_example);
+    void (*clamp01)(ncsn_backend *be, float *x, size_t n);
+    /* out[n, c, :] += table[labels[n] * C + c]: a per-level bias (toy conditional MLP), and
+     * its backward dtable[labels[n] * C + c] += sum over the spatial dims of dout[n, c, :]. */
+    void (*label_bias_forward)(ncsn_backend *be, float *out, const float *table, const int32_t *labels, int N,
+                               int C, size_t spatial);
+    void (*label_bias_backward_accumulate)(ncsn_backend *be, float *dtable, const float *dout,
+                                           const int32_t *labels, int N, int C, size_t spatial);
+
+    /* ---- randomness (kernels/rng_math.h): element i of example n is drawn from
+     *      (seed, purpose, example_offset + n, step, i) ---- */
+    void (*fill_normal)(ncsn_backend *be, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
+                        uint32_t example_offset, uint32_t step);
+    void (*fill_uniform)(ncsn_backend *be, float *out, int N, size_t per_example, uint64_t seed,
+                         uint32_t purpose, uint32_t example_offset, uint32_t step);
+
+    /* ---- custom kernels of the method ---- */
+    /* x_noisy[n] = x[n] + sigmas[labels[n]] * z[n] */
+    void (*noise_inject)(ncsn_backend *be, float *x_noisy, const float *x, const float *z, const float *sigmas,
+                         const int32_t *labels, int N, size_t per_example);
+    /* loss_per_example[n] = 0.5 * sum_d (sigma s + z)^2;  dscore = sigma (sigma s + z) / N
+     * (gradient of the batch mean). dscore may be NULL (evaluation only). */
+    void (*dsm_loss)(ncsn_backend *be, float *loss_per_example, float *dscore, const float *score,
+                     const float *z, const float *sigmas, const int32_t *labels, int N, size_t per_example);
+    /* One fused torch.optim.Adam update over the whole parameter buffer. vmax may be NULL
+     * unless hp->amsgrad. */
+    void (*adam_step)(ncsn_backend *be, float *params, const float *grads, float *m, float *v, float *vmax,
+                      size_t n, const ncsn_adam_hparams *hp);
+    /* shadow <- mu * shadow + (1 - mu) * params over the whole buffer. */
+    void (*ema_update)(ncsn_backend *be, float *shadow, const float *params, size_t n, float mu);
+    /* x <- x + a * score + sqrt(2a) * z with z = normal(seed, NCSN_RNG_LANGEVIN,
+     * example_offset + n, step, i): noise is keyed by the sample's global index. */
+    void (*langevin_step)(ncsn_backend *be, float *x, const float *score, int N, size_t per_example, float a,
+                          uint64_t seed, uint32_t example_offset, uint32_t step);
+    /* x <- x + sigma_last^2 * score */
+    void (*denoise_step)(ncsn_backend *be, float *x, const float *score, size_t n, float sigma_last_sq);
+    /* C[M, Nc] = A[M, K] * B[Nc, K]^T, row-major (oneDNN sgemm / cuBLAS): the blocked
+     * pairwise-distance computation of `ncsn sigmas`. */
+    void (*gemm_nt)(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K);
+    /* out = sum of squares of x, written to one float in backend memory (grad-norm). */
+    void (*sum_squares)(ncsn_backend *be, float *out, const float *x, size_t n);
+} ncsn_backend_ops;
+
+struct ncsn_backend {
+    const ncsn_backend_ops *ops;
+    ncsn_device_kind kind;
+    ncsn_precision precision;
+    int deterministic; /* CUDA: deterministic algorithms only */
+    void *impl;        /* backend-private state: conv plan cache, workspace, stream, handles */
+};
+
+/* Creates a backend. On failure returns NULL and writes a one-line reason into err, e.g.
+ * "no CUDA device: cudaGetDeviceCount returned 0" or "no CUDA device: built without CUDA". */
+ncsn_backend *ncsn_backend_create(ncsn_device_kind kind, char *err, size_t errlen);
+/* "cpu", "cuda" or "auto" (CUDA when a device is present, else CPU; prints which). */
+ncsn_backend *ncsn_backend_create_from_name(const char *name);
+void ncsn_backend_destroy(ncsn_backend *be);
+/* Is this binary built with the CUDA backend? */
+int ncsn_backend_cuda_compiled(void);
+
+/* Backend constructors, one per backend file. */
+ncsn_backend *ncsn_cpu_backend_create(char *err, size_t errlen);
+ncsn_backend *ncsn_cuda_backend_create(char *err, size_t errlen);
+void ncsn_cpu_backend_destroy(ncsn_backend *be);
+void ncsn_cuda_backend_destroy(ncsn_backend *be);
+
+/* ---- call wrappers: model code reads as ncsn_conv2d_forward(be, ...) ---- */
+#define NCSN_OP(be, op) ((be)->ops->op)
+#define ncsn_alloc(be, bytes) NCSN_OP(be, alloc)(be, bytes)
+#define ncsn_free(be, p) NCSN_OP(be, free)(be, p)
+#define ncsn_memset_zero(be, p, bytes) NCSN_OP(be, memset_zero)(be, p, bytes)
+#define ncsn_copy_to_device(be, d, s, bytes) NCSN_OP(be, copy_to_device)(be, d, s, bytes)
+#define ncsn_copy_to_host(be, d, s, bytes) NCSN_OP(be, copy_to_host)(be, d, s, bytes)
+#define ncsn_copy(be, d, s, bytes) NCSN_OP(be, copy)(be, d, s, bytes)
+#define ncsn_synchronize(be) NCSN_OP(be, synchronize)(be)
+#define ncsn_conv2d_forward(be, ...) NCSN_OP(be, conv2d_forward)(be, __VA_ARGS__)
+#define ncsn_conv2d_backward_data(be, ...) NCSN_OP(be, conv2d_backward_data)(be, __VA_ARGS__)
+#define ncsn_conv2d_backward_weights_accumulate(be, ...) \
+    NCSN_OP(be, conv2d_backward_weights_accumulate)(be, __VA_ARGS__)
+#define ncsn_instance_norm_plus_forward(be, ...) NCSN_OP(be, instance_norm_plus_forward)(be, __VA_ARGS__)
+#define ncsn_instance_norm_plus_backward(be, ...) NCSN_OP(be, instance_norm_plus_backward)(be, __VA_ARGS__)
+#define ncsn_elu_forward(be, ...) NCSN_OP(be, elu_forward)(be, __VA_ARGS__)
+#define ncsn_elu_backward(be, ...) NCSN_OP(be, elu_backward)(be, __VA_ARGS__)
+#define ncsn_mean_pool2_forward(be, ...) NCSN_OP(be, mean_pool2_forward)(be, __VA_ARGS__)
+#define ncsn_mean_pool2_backward(be, ...) NCSN_OP(be, mean_pool2_backward)(be, __VA_ARGS__)
+#define ncsn_avg_pool5_forward(be, ...) NCSN_OP(be, avg_pool5_forward)(be, __VA_ARGS__)
+#define ncsn_avg_pool5_backward(be, ...) NCSN_OP(be, avg_pool5_backward)(be, __VA_ARGS__)
+#define ncsn_max_pool5_forward(be, ...) NCSN_OP(be, max_pool5_forward)(be, __VA_ARGS__)
+#define ncsn_max_pool5_backward(be, ...) NCSN_OP(be, max_pool5_backward)(be, __VA_ARGS__)
+#define ncsn_resize_bilinear_forward(be, ...) NCSN_OP(be, resize_bilinear_forward)(be, __VA_ARGS__)
+#define ncsn_resize_bilinear_backward(be, ...) NCSN_OP(be, resize_bilinear_backward)(be, __VA_ARGS__)
+#define ncsn_add(be, ...) NCSN_OP(be, add)(be, __VA_ARGS__)
+#define ncsn_accumulate(be, ...) NCSN_OP(be, accumulate)(be, __VA_ARGS__)
+#define ncsn_scale_shift(be, ...) NCSN_OP(be, scale_shift)(be, __VA_ARGS__)
+#define ncsn_divide_by_sigma(be, ...) NCSN_OP(be, divide_by_sigma)(be, __VA_ARGS__)
+#define ncsn_clamp01(be, ...) NCSN_OP(be, clamp01)(be, __VA_ARGS__)
+#define ncsn_label_bias_forward(be, ...) NCSN_OP(be, label_bias_forward)(be, __VA_ARGS__)
+#define ncsn_label_bias_backward_accumulate(be, ...) NCSN_OP(be, label_bias_backward_accumulate)(be, __VA_ARGS__)
+#define ncsn_fill_normal(be, ...) NCSN_OP(be, fill_normal)(be, __VA_ARGS__)
+#define ncsn_fill_uniform(be, ...) NCSN_OP(be, fill_uniform)(be, __VA_ARGS__)
+#define ncsn_noise_inject(be, ...) NCSN_OP(be, noise_inject)(be, __VA_ARGS__)
+#define ncsn_dsm_loss(be, ...) NCSN_OP(be, dsm_loss)(be, __VA_ARGS__)
+#define ncsn_adam_step(be, ...) NCSN_OP(be, adam_step)(be, __VA_ARGS__)
+#define ncsn_ema_update(be, ...) NCSN_OP(be, ema_update)(be, __VA_ARGS__)
+#define ncsn_langevin_step(be, ...) NCSN_OP(be, langevin_step)(be, __VA_ARGS__)
+#define ncsn_denoise_step(be, ...) NCSN_OP(be, denoise_step)(be, __VA_ARGS__)
+#define ncsn_gemm_nt(be, ...) NCSN_OP(be, gemm_nt)(be, __VA_ARGS__)
+#define ncsn_sum_squares(be, ...) NCSN_OP(be, sum_squares)(be, __VA_ARGS__)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NCSN_BACKEND_H */

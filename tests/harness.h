@@ -1,0 +1,59 @@
+/* harness.h: the tiny test harness every tests/test_*.c uses.
+ *
+ * A test binary runs its checks, prints one line per check (PASS/FAIL with the numbers
+ * that decided it), and exits non-zero if any check failed. Array comparisons print the
+ * first differing values, not just "mismatch".
+ */
+#ifndef NCSN_TEST_HARNESS_H
+#define NCSN_TEST_HARNESS_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int harness_failures = 0;
+static int harness_checks = 0;
+
+#define EXPECT(cond, ...)                                                    \
+    do {                                                                     \
+        harness_checks++;                                                    \
+        if (!(cond)) {                                                       \
+            harness_failures++;                                              \
+            printf("  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);         \
+            printf(__VA_ARGS__);                                             \
+            printf("\n");                                                    \
+        }                                                                    \
+    } while (0)
+
+/* Compares got against ref (float64) with |got - ref| <= atol + rtol * |ref| elementwise.
+ * Prints the max error and up to 5 first differing entries. Returns 1 on pass. */
+static inline int harness_expect_close(const char *what, const float *got, const double *ref, size_t n,
+                                       double atol, double rtol) {
+    harness_checks++;
+    double max_err = 0.0, max_ref = 0.0;
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - ref[i]);
+        if (!(err <= atol + rtol * fabs(ref[i]))) {
+            if (bad < 5) printf("    %s[%zu]: got %.9g want %.9g (err %.3g)\n", what, i, got[i], ref[i], err);
+            bad++;
+        }
+        if (err > max_err || err != err) max_err = err;
+        if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
+    }
+    if (bad) {
+        harness_failures++;
+        printf("  FAIL %s: %zu/%zu outside atol %.1e rtol %.1e (max err %.3e, max |ref| %.3e)\n", what, bad, n,
+               atol, rtol, max_err, max_ref);
+        return 0;
+    }
+    printf("  ok   %s: n=%zu max err %.3e (max |ref| %.3e)\n", what, n, max_err, max_ref);
+    return 1;
+}
+
+static inline int harness_finish(const char *name) {
+    printf("%s: %d checks, %d failed\n", name, harness_checks, harness_failures);
+    return harness_failures ? 1 : 0;
+}
+
+#endif
