@@ -19,10 +19,11 @@ APT_PACKAGES := build-essential libdnnl-dev libpng-dev libjpeg-dev zlib1g-dev li
                 dataset-fashion-mnist python3-numpy
 APT_PACKAGES_REFERENCE := python3-torch
 
-OPT     := $(if $(DEBUG),-O0 -g -fsanitize=address,undefined,-O3 -march=native -g)
+comma   := ,
+OPT     := $(if $(DEBUG),-O0 -g -fsanitize=address$(comma)undefined,-O3 -march=native -g)
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fopenmp -I. -Iinclude -MMD -MP
-LDLIBS  += -ldnnl -lpng -ljpeg -lz -lyaml -lm -fopenmp $(if $(DEBUG),-fsanitize=address,undefined)
+LDLIBS  += -ldnnl -lpng -ljpeg -lz -lyaml -lm -fopenmp $(if $(DEBUG),-fsanitize=address$(comma)undefined)
 
 HOST_SRC   := $(filter-out host/cuda_%.c host/main.c,$(wildcard host/*.c))
 MODEL_SRC  := $(wildcard models/*.c)

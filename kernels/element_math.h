@@ -1,7 +1,7 @@
 /* element_math.h: the per-element math of every custom kernel, shared by both backends.
  *
  * Each function is the body of one loop iteration / one CUDA thread. The CPU backend
- * calls these in OpenMP loops; kernels/*.cu call them from __global__ functions. Only
+ * calls these in OpenMP loops; the kernels/ .cu files call them from __global__ functions. Only
  * launches and reductions differ between backends, so the CPU tests exercise the math the
  * GPU runs. float32 throughout, as the official PyTorch code computes.
  */

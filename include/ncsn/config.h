@@ -1,7 +1,7 @@
 /* config.h: the official NCSN / NCSNv2 YAML configuration, read with libyaml.
  *
  * What it is: one struct with the sections and keys of ermongroup/ncsn configs/anneal.yml
- * and ermongroup/ncsnv2 configs/*.yml, same names, same meaning, plus a few documented
+ * and ermongroup/ncsnv2 configs/<name>.yml, same names, same meaning, plus a few documented
  * engine extensions (model.arch, training.grad_clip, training.warmup, training.keep_last,
  * toy-data keys). What it is not: a general YAML loader; an unknown key or a value of the
  * wrong type is an error naming the key and the file.
