@@ -34,6 +34,7 @@ ifeq ($(CUDA),1)
 CFLAGS  += -DNCSN_WITH_CUDA -I$(CUDA_HOME)/include
 NVFLAGS := -std=c++17 -O3 -I. -Iinclude -DNCSN_WITH_CUDA \
            $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
+           -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH)) \
            -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
 OBJ_CUDA := $(CUDA_HOST_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 
 #ifdef __CUDACC__
-#define NCSN_HD __host__ __device__ __forceinline__
+#define NCSN_HD __host__ __device__
 #else
 #define NCSN_HD
 #endif

@@ -1,0 +1,471 @@
+/* cuda_backend.c: the CUDA backend (backend.h): device selection, one stream with the
+ * cuDNN and cuBLAS handles bound to it, memory, the shared workspace, and the op table.
+ *
+ * Every op is enqueued on the one stream and returns immediately; ncsn_synchronize()
+ * and copies to the host wait. Shapes are asserted here, once per op, naming the op;
+ * the launchers in kernels/ trust them. Convolutions live in cuda_conv.c, kernels in
+ * kernels/ (one .cu per family); this file is glue.
+ *
+ * Which outputs accumulate is backend.h's rule: forward outputs overwrite, parameter
+ * gradients (dw, db, dgamma, dalpha, dbeta, dtable) always +=, activation gradients
+ * overwrite unless the op's `accumulate` flag is set.
+ *
+ * Defaults: strict FP32 convolutions and GEMMs (be->precision = NCSN_PRECISION_FP32) and
+ * deterministic algorithms off; callers flip both fields before the first op (they are
+ * part of every cached plan's key, so a later change also takes effect).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host/cuda_internal.h"
+#include "kernels/cuda_launch.h"
+
+/* ---- the shared workspace ---- */
+
+void *cuda_workspace_reserve(ncsn_backend *be, size_t bytes) {
+    cuda_backend_impl *impl = cuda_impl(be);
+    if (bytes <= impl->workspace_bytes) return impl->workspace;
+    /* Work already queued may still read the old buffer: wait before freeing it. (Inside a
+     * CUDA graph capture this synchronize fails loudly, which is the right outcome: the
+     * capture would bake in a pointer that is about to change. Warm up before capturing.) */
+    CUDA_CHECK(cudaStreamSynchronize(impl->stream));
+    if (impl->workspace) CUDA_CHECK(cudaFree(impl->workspace));
+    impl->workspace = NULL;
+    /* Round up to 1 MiB so a run of slightly growing requests reallocates once. */
+    size_t rounded = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+    CUDA_CHECK(cudaMalloc(&impl->workspace, rounded));
+    impl->workspace_bytes = rounded;
+    return impl->workspace;
+}
+
+/* ---- memory ---- */
+
+static void *cuda_alloc(ncsn_backend *be, size_t bytes) {
+    if (bytes == 0) bytes = 256; /* a valid, distinct pointer even for nothing, as the CPU backend */
+    void *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, bytes)); /* cudaMalloc aligns to at least 256 bytes */
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_impl(be)->stream));
+    return p;
+}
+
+static void cuda_free(ncsn_backend *be, void *p) {
+    if (!p) return;
+    /* Queued kernels may still use p. */
+    CUDA_CHECK(cudaStreamSynchronize(cuda_impl(be)->stream));
+    CUDA_CHECK(cudaFree(p));
+}
+
+static void cuda_memset_zero(ncsn_backend *be, void *p, size_t bytes) {
+    if (bytes == 0) return;
+    NCSN_CHECKF(p != NULL, "memset_zero: NULL pointer for %zu bytes", bytes);
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_impl(be)->stream));
+}
+
+/* Host buffers reaching the backend are pageable (malloc); for those CUDA copies the
+ * source into a staging buffer before cudaMemcpyAsync returns, so the caller may reuse it
+ * at once, and the copy stays ordered with the ops on the stream. */
+static void cuda_copy_to_device(ncsn_backend *be, void *dst, const void *src_host, size_t bytes) {
+    if (bytes == 0) return;
+    NCSN_CHECKF(dst && src_host, "copy_to_device: NULL pointer (dst %p, src %p)", dst, src_host);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, cuda_impl(be)->stream));
+}
+
+static void cuda_copy_to_host(ncsn_backend *be, void *dst_host, const void *src, size_t bytes) {
+    if (bytes == 0) return;
+    NCSN_CHECKF(dst_host && src, "copy_to_host: NULL pointer (dst %p, src %p)", dst_host, src);
+    cudaStream_t stream = cuda_impl(be)->stream;
+    CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream)); /* copies to the host are synchronous */
+}
+
+static void cuda_copy(ncsn_backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return;
+    NCSN_CHECKF(dst && src, "copy: NULL pointer (dst %p, src %p)", dst, src);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_impl(be)->stream));
+}
+
+static void cuda_synchronize(ncsn_backend *be) { CUDA_CHECK(cudaStreamSynchronize(cuda_impl(be)->stream)); }
+
+/* ---- shape checks shared by the ops ---- */
+
+static void check_nchw(const char *op, int N, int C, int H, int W) {
+    NCSN_CHECKF(N > 0 && C > 0 && H > 0 && W > 0, "%s: sizes must be positive (N=%d C=%d H=%d W=%d)", op, N, C, H, W);
+}
+
+static void check_pointers2(const char *op, const void *a, const void *b) {
+    NCSN_CHECKF(a && b, "%s: NULL tensor pointer", op);
+}
+
+static void check_pointers3(const char *op, const void *a, const void *b, const void *c) {
+    NCSN_CHECKF(a && b && c, "%s: NULL tensor pointer", op);
+}
+
+static cudaStream_t stream_of(ncsn_backend *be) { return cuda_impl(be)->stream; }
+
+/* ---- InstanceNorm++ ---- */
+
+static void check_in_plus(const char *op, int param_stride, const int32_t *labels, int N, int C, int H, int W) {
+    check_nchw(op, N, C, H, W);
+    NCSN_CHECKF(labels || param_stride == 0, "%s: parameter stride %d without labels", op, param_stride);
+    NCSN_CHECKF(param_stride == 0 || param_stride >= C, "%s: parameter stride %d < C=%d (rows would overlap)", op,
+                param_stride, C);
+}
+
+static void cuda_instance_norm_plus_forward(ncsn_backend *be, float *out, const float *x, const float *gamma,
+                                            const float *alpha, const float *beta, int param_stride,
+                                            const int32_t *labels, float *stats, int N, int C, int H, int W) {
+    check_in_plus("instance_norm_plus_forward", param_stride, labels, N, C, H, W);
+    check_pointers3("instance_norm_plus_forward", out, x, stats);
+    check_pointers3("instance_norm_plus_forward", gamma, alpha, beta);
+    ncsn_cuda_instance_norm_plus_forward(stream_of(be), out, x, gamma, alpha, beta, param_stride, labels, stats, N, C,
+                                         H, W);
+}
+
+static void cuda_instance_norm_plus_backward(ncsn_backend *be, float *dx, float *dgamma, float *dalpha, float *dbeta,
+                                             const float *dout, const float *x, const float *gamma, const float *alpha,
+                                             int param_stride, const int32_t *labels, const float *stats, int N, int C,
+                                             int H, int W, int accumulate) {
+    check_in_plus("instance_norm_plus_backward", param_stride, labels, N, C, H, W);
+    check_pointers3("instance_norm_plus_backward", dx, dout, x);
+    check_pointers3("instance_norm_plus_backward", dgamma, dalpha, dbeta);
+    check_pointers3("instance_norm_plus_backward", gamma, alpha, stats);
+    void *scratch = cuda_workspace_reserve(be, ncsn_cuda_instance_norm_plus_backward_scratch_bytes(N, C));
+    ncsn_cuda_instance_norm_plus_backward(stream_of(be), dx, dgamma, dalpha, dbeta, dout, x, gamma, alpha, param_stride,
+                                          labels, stats, N, C, H, W, accumulate, scratch);
+}
+
+/* ---- activation ---- */
+
+static void cuda_elu_forward(ncsn_backend *be, float *out, const float *x, size_t n) {
+    if (n) check_pointers2("elu_forward", out, x);
+    ncsn_cuda_elu_forward(stream_of(be), out, x, n);
+}
+
+static void cuda_elu_backward(ncsn_backend *be, float *dx, const float *dout, const float *out, size_t n) {
+    if (n) check_pointers3("elu_backward", dx, dout, out);
+    ncsn_cuda_elu_backward(stream_of(be), dx, dout, out, n);
+}
+
+/* ---- pooling and resampling ---- */
+
+static void cuda_mean_pool2_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W) {
+    check_nchw("mean_pool2_forward", N, C, H, W);
+    NCSN_CHECKF(H % 2 == 0 && W % 2 == 0, "mean_pool2_forward: H=%d W=%d must be even", H, W);
+    check_pointers2("mean_pool2_forward", out, in);
+    ncsn_cuda_mean_pool2_forward(stream_of(be), out, in, N, C, H, W);
+}
+
+static void cuda_mean_pool2_backward(ncsn_backend *be, float *din, const float *dout, int N, int C, int H, int W,
+                                     int accumulate) {
+    check_nchw("mean_pool2_backward", N, C, H, W);
+    NCSN_CHECKF(H % 2 == 0 && W % 2 == 0, "mean_pool2_backward: H=%d W=%d must be even", H, W);
+    check_pointers2("mean_pool2_backward", din, dout);
+    ncsn_cuda_mean_pool2_backward(stream_of(be), din, dout, N, C, H, W, accumulate);
+}
+
+static void cuda_avg_pool5_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W) {
+    check_nchw("avg_pool5_forward", N, C, H, W);
+    check_pointers2("avg_pool5_forward", out, in);
+    ncsn_cuda_avg_pool5_forward(stream_of(be), out, in, N, C, H, W);
+}
+
+static void cuda_avg_pool5_backward(ncsn_backend *be, float *din, const float *dout, int N, int C, int H, int W,
+                                    int accumulate) {
+    check_nchw("avg_pool5_backward", N, C, H, W);
+    check_pointers2("avg_pool5_backward", din, dout);
+    ncsn_cuda_avg_pool5_backward(stream_of(be), din, dout, N, C, H, W, accumulate);
+}
+
+static void cuda_max_pool5_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W) {
+    check_nchw("max_pool5_forward", N, C, H, W);
+    check_pointers2("max_pool5_forward", out, in);
+    ncsn_cuda_max_pool5_forward(stream_of(be), out, in, N, C, H, W);
+}
+
+static void cuda_max_pool5_backward(ncsn_backend *be, float *din, const float *dout, const float *in, int N, int C,
+                                    int H, int W, int accumulate) {
+    check_nchw("max_pool5_backward", N, C, H, W);
+    check_pointers3("max_pool5_backward", din, dout, in);
+    void *scratch = cuda_workspace_reserve(be, ncsn_cuda_max_pool5_backward_scratch_bytes(N, C, H, W));
+    ncsn_cuda_max_pool5_backward(stream_of(be), din, dout, in, N, C, H, W, accumulate, scratch);
+}
+
+static void cuda_resize_bilinear_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W,
+                                         int Ho, int Wo) {
+    check_nchw("resize_bilinear_forward", N, C, H, W);
+    NCSN_CHECKF(Ho > 0 && Wo > 0, "resize_bilinear_forward: bad output size %dx%d", Ho, Wo);
+    check_pointers2("resize_bilinear_forward", out, in);
+    ncsn_cuda_resize_bilinear_forward(stream_of(be), out, in, N, C, H, W, Ho, Wo);
+}
+
+static void cuda_resize_bilinear_backward(ncsn_backend *be, float *din, const float *dout, int N, int C, int H, int W,
+                                          int Ho, int Wo, int accumulate) {
+    check_nchw("resize_bilinear_backward", N, C, H, W);
+    NCSN_CHECKF(Ho > 0 && Wo > 0, "resize_bilinear_backward: bad output size %dx%d", Ho, Wo);
+    check_pointers2("resize_bilinear_backward", din, dout);
+    ncsn_cuda_resize_bilinear_backward(stream_of(be), din, dout, N, C, H, W, Ho, Wo, accumulate);
+}
+
+/* ---- elementwise ---- */
+
+static void cuda_add(ncsn_backend *be, float *out, const float *a, const float *b, size_t n) {
+    if (n) check_pointers3("add", out, a, b);
+    ncsn_cuda_add(stream_of(be), out, a, b, n);
+}
+
+static void cuda_accumulate(ncsn_backend *be, float *y, const float *x, size_t n) {
+    if (n) check_pointers2("accumulate", y, x);
+    ncsn_cuda_accumulate(stream_of(be), y, x, n);
+}
+
+static void cuda_scale_shift(ncsn_backend *be, float *out, const float *x, float scale, float shift, size_t n) {
+    if (n) check_pointers2("scale_shift", out, x);
+    ncsn_cuda_scale_shift(stream_of(be), out, x, scale, shift, n);
+}
+
+static void cuda_divide_by_sigma(ncsn_backend *be, float *out, const float *x, const float *sigmas,
+                                 const int32_t *labels, int N, size_t per_example) {
+    NCSN_CHECKF(N >= 0, "divide_by_sigma: N=%d", N);
+    if (N && per_example) {
+        check_pointers2("divide_by_sigma", out, x);
+        check_pointers2("divide_by_sigma", sigmas, labels);
+    }
+    ncsn_cuda_divide_by_sigma(stream_of(be), out, x, sigmas, labels, N, per_example);
+}
+
+static void cuda_clamp01(ncsn_backend *be, float *x, size_t n) {
+    NCSN_CHECKF(n == 0 || x, "clamp01: NULL tensor pointer");
+    ncsn_cuda_clamp01(stream_of(be), x, n);
+}
+
+static void cuda_label_bias_forward(ncsn_backend *be, float *out, const float *table, const int32_t *labels, int N,
+                                    int C, size_t spatial) {
+    NCSN_CHECKF(N > 0 && C > 0, "label_bias_forward: N=%d C=%d", N, C);
+    check_pointers3("label_bias_forward", out, table, labels);
+    ncsn_cuda_label_bias_forward(stream_of(be), out, table, labels, N, C, spatial);
+}
+
+static void cuda_label_bias_backward_accumulate(ncsn_backend *be, float *dtable, const float *dout,
+                                                const int32_t *labels, int N, int C, size_t spatial) {
+    NCSN_CHECKF(N > 0 && C > 0, "label_bias_backward_accumulate: N=%d C=%d", N, C);
+    check_pointers3("label_bias_backward_accumulate", dtable, dout, labels);
+    void *scratch = cuda_workspace_reserve(be, ncsn_cuda_label_bias_backward_scratch_bytes(N, C));
+    ncsn_cuda_label_bias_backward_accumulate(stream_of(be), dtable, dout, labels, N, C, spatial, scratch);
+}
+
+/* ---- randomness ---- */
+
+static void cuda_fill_normal(ncsn_backend *be, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
+                             uint32_t example_offset, uint32_t step) {
+    NCSN_CHECKF(N >= 0, "fill_normal: N=%d", N);
+    NCSN_CHECKF(N == 0 || per_example == 0 || out, "fill_normal: NULL output");
+    ncsn_cuda_fill_normal(stream_of(be), out, N, per_example, seed, purpose, example_offset, step);
+}
+
+static void cuda_fill_uniform(ncsn_backend *be, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
+                              uint32_t example_offset, uint32_t step) {
+    NCSN_CHECKF(N >= 0, "fill_uniform: N=%d", N);
+    NCSN_CHECKF(N == 0 || per_example == 0 || out, "fill_uniform: NULL output");
+    ncsn_cuda_fill_uniform(stream_of(be), out, N, per_example, seed, purpose, example_offset, step);
+}
+
+/* ---- custom kernels of the method ---- */
+
+static void cuda_noise_inject(ncsn_backend *be, float *x_noisy, const float *x, const float *z, const float *sigmas,
+                              const int32_t *labels, int N, size_t per_example) {
+    NCSN_CHECKF(N >= 0, "noise_inject: N=%d", N);
+    if (N && per_example) {
+        check_pointers3("noise_inject", x_noisy, x, z);
+        check_pointers2("noise_inject", sigmas, labels);
+    }
+    ncsn_cuda_noise_inject(stream_of(be), x_noisy, x, z, sigmas, labels, N, per_example);
+}
+
+static void cuda_dsm_loss(ncsn_backend *be, float *loss_per_example, float *dscore, const float *score, const float *z,
+                          const float *sigmas, const int32_t *labels, int N, size_t per_example) {
+    NCSN_CHECKF(N > 0, "dsm_loss: N=%d", N);
+    check_pointers3("dsm_loss", loss_per_example, score, z);
+    check_pointers2("dsm_loss", sigmas, labels);
+    ncsn_cuda_dsm_loss(stream_of(be), loss_per_example, dscore, score, z, sigmas, labels, N, per_example);
+}
+
+static void cuda_adam_step(ncsn_backend *be, float *params, const float *grads, float *m, float *v, float *vmax,
+                           size_t n, const ncsn_adam_hparams *hp) {
+    NCSN_CHECKF(hp != NULL, "adam_step: NULL hyper-parameters");
+    NCSN_CHECKF(hp->step >= 1, "adam_step: step %ld (1-based count after this update)", hp->step);
+    NCSN_CHECKF(!hp->amsgrad || vmax, "adam_step: amsgrad needs vmax");
+    if (n) {
+        check_pointers2("adam_step", params, grads);
+        check_pointers2("adam_step", m, v);
+    }
+    ncsn_cuda_adam_step(stream_of(be), params, grads, m, v, hp->amsgrad ? vmax : NULL, n, hp);
+}
+
+static void cuda_ema_update(ncsn_backend *be, float *shadow, const float *params, size_t n, float mu) {
+    NCSN_CHECKF(mu >= 0.0f && mu <= 1.0f, "ema_update: mu %g outside [0, 1]", (double)mu);
+    if (n) check_pointers2("ema_update", shadow, params);
+    ncsn_cuda_ema_update(stream_of(be), shadow, params, n, mu);
+}
+
+static void cuda_langevin_step(ncsn_backend *be, float *x, const float *score, int N, size_t per_example, float a,
+                               uint64_t seed, uint32_t example_offset, uint32_t step) {
+    NCSN_CHECKF(N >= 0, "langevin_step: N=%d", N);
+    NCSN_CHECKF(a >= 0.0f, "langevin_step: negative step size %g", (double)a);
+    if (N && per_example) check_pointers2("langevin_step", x, score);
+    ncsn_cuda_langevin_step(stream_of(be), x, score, N, per_example, a, seed, example_offset, step);
+}
+
+static void cuda_denoise_step(ncsn_backend *be, float *x, const float *score, size_t n, float sigma_last_sq) {
+    if (n) check_pointers2("denoise_step", x, score);
+    ncsn_cuda_denoise_step(stream_of(be), x, score, n, sigma_last_sq);
+}
+
+/* Row-major C[M, Nc] = A[M, K] B[Nc, K]^T through column-major cuBLAS: a row-major
+ * matrix is its transpose in column-major, so compute C^T[Nc, M] = B[Nc, K] A^T[K, M],
+ * i.e. Sgemm(op(B) = T, op(A) = N) on the column-major views B^T (K x Nc, ld K) and
+ * A^T (K x M, ld K), writing C^T (Nc x M, ld Nc) = row-major C. */
+static void cuda_gemm_nt(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K) {
+    NCSN_CHECKF(M > 0 && Nc > 0 && K > 0, "gemm_nt: M=%d Nc=%d K=%d", M, Nc, K);
+    check_pointers3("gemm_nt", C, A, B);
+    cuda_backend_impl *impl = cuda_impl(be);
+    /* DEFAULT_MATH is plain fp32 FMA (cuBLAS >= 11 uses TF32 only on request). */
+    CUBLAS_CHECK(cublasSetMathMode(impl->cublas, be->precision == NCSN_PRECISION_FP32 ? CUBLAS_DEFAULT_MATH
+                                                                                      : CUBLAS_TF32_TENSOR_OP_MATH));
+    const float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasSgemm(impl->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Nc, M, K, &alpha, B, K, A, K, &beta, C, Nc));
+}
+
+static void cuda_sum_squares(ncsn_backend *be, float *out, const float *x, size_t n) {
+    NCSN_CHECKF(out && (n == 0 || x), "sum_squares: NULL pointer");
+    void *scratch = cuda_workspace_reserve(be, ncsn_cuda_sum_squares_scratch_bytes());
+    ncsn_cuda_sum_squares(stream_of(be), out, x, n, scratch);
+}
+
+/* ---- the table and lifetime ---- */
+
+static const ncsn_backend_ops cuda_ops = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .memset_zero = cuda_memset_zero,
+    .copy_to_device = cuda_copy_to_device,
+    .copy_to_host = cuda_copy_to_host,
+    .copy = cuda_copy,
+    .synchronize = cuda_synchronize,
+    .conv2d_forward = cuda_conv2d_forward,
+    .conv2d_backward_data = cuda_conv2d_backward_data,
+    .conv2d_backward_weights_accumulate = cuda_conv2d_backward_weights_accumulate,
+    .instance_norm_plus_forward = cuda_instance_norm_plus_forward,
+    .instance_norm_plus_backward = cuda_instance_norm_plus_backward,
+    .elu_forward = cuda_elu_forward,
+    .elu_backward = cuda_elu_backward,
+    .mean_pool2_forward = cuda_mean_pool2_forward,
+    .mean_pool2_backward = cuda_mean_pool2_backward,
+    .avg_pool5_forward = cuda_avg_pool5_forward,
+    .avg_pool5_backward = cuda_avg_pool5_backward,
+    .max_pool5_forward = cuda_max_pool5_forward,
+    .max_pool5_backward = cuda_max_pool5_backward,
+    .resize_bilinear_forward = cuda_resize_bilinear_forward,
+    .resize_bilinear_backward = cuda_resize_bilinear_backward,
+    .add = cuda_add,
+    .accumulate = cuda_accumulate,
+    .scale_shift = cuda_scale_shift,
+    .divide_by_sigma = cuda_divide_by_sigma,
+    .clamp01 = cuda_clamp01,
+    .label_bias_forward = cuda_label_bias_forward,
+    .label_bias_backward_accumulate = cuda_label_bias_backward_accumulate,
+    .fill_normal = cuda_fill_normal,
+    .fill_uniform = cuda_fill_uniform,
+    .noise_inject = cuda_noise_inject,
+    .dsm_loss = cuda_dsm_loss,
+    .adam_step = cuda_adam_step,
+    .ema_update = cuda_ema_update,
+    .langevin_step = cuda_langevin_step,
+    .denoise_step = cuda_denoise_step,
+    .gemm_nt = cuda_gemm_nt,
+    .sum_squares = cuda_sum_squares,
+};
+
+/* The cuDNN graph API features used here (device-properties descriptors) need 9.8. */
+#define CUDNN_MIN_RUNTIME_VERSION 90800
+
+ncsn_backend *ncsn_cuda_backend_create(char *err, size_t errlen) {
+    if (err && errlen) err[0] = '\0';
+    int count = 0;
+    cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess) {
+        /* No driver, no device, or a driver older than the runtime: not fatal, the caller
+         * falls back to the CPU backend. */
+        snprintf(err, errlen, "no CUDA device: %s", cudaGetErrorString(status));
+        (void)cudaGetLastError(); /* clear the runtime's error state for later calls */
+        return NULL;
+    }
+    if (count == 0) {
+        snprintf(err, errlen, "no CUDA device: cudaGetDeviceCount returned 0");
+        return NULL;
+    }
+    /* Device 0 of those visible: CUDA_VISIBLE_DEVICES selects (one process per GPU). */
+    const int device = 0;
+    CUDA_CHECK(cudaSetDevice(device));
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    status = ncsn_cuda_kernels_probe();
+    if (status != cudaSuccess) {
+        snprintf(err, errlen,
+                 "no CUDA device: this binary has no kernels for %s (sm_%d%d): %s; rebuild with "
+                 "make CUDA=1 CUDA_ARCH=\"%d%d\"",
+                 prop.name, prop.major, prop.minor, cudaGetErrorString(status), prop.major, prop.minor);
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    size_t cudnn_version = cudnnGetVersion();
+    if (cudnn_version < CUDNN_MIN_RUNTIME_VERSION) {
+        snprintf(err, errlen, "no CUDA device: cuDNN %zu found at run time, >= %d needed", cudnn_version,
+                 CUDNN_MIN_RUNTIME_VERSION);
+        return NULL;
+    }
+
+    ncsn_backend *be = ncsn_xcalloc(1, sizeof *be);
+    cuda_backend_impl *impl = ncsn_xcalloc(1, sizeof *impl);
+    be->ops = &cuda_ops;
+    be->kind = NCSN_DEVICE_CUDA;
+    be->precision = NCSN_PRECISION_FP32;
+    be->deterministic = 0;
+    be->impl = impl;
+    impl->device = device;
+    /* Non-blocking: the legacy default stream (used by nothing here) never serialises us. */
+    CUDA_CHECK(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+    CUDNN_CHECK(cudnnCreate(&impl->cudnn));
+    CUDNN_CHECK(cudnnSetStream(impl->cudnn, impl->stream));
+    CUBLAS_CHECK(cublasCreate(&impl->cublas));
+    CUBLAS_CHECK(cublasSetStream(impl->cublas, impl->stream));
+    CUDNN_CHECK(cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &impl->cudnn_device_properties));
+    CUDNN_CHECK(cudnnBackendSetAttribute(impl->cudnn_device_properties, CUDNN_ATTR_DEVICEPROP_HANDLE, CUDNN_TYPE_HANDLE,
+                                         1, &impl->cudnn));
+    CUDNN_CHECK(cudnnBackendFinalize(impl->cudnn_device_properties));
+
+    int cublas_version = 0;
+    CUBLAS_CHECK(cublasGetVersion(impl->cublas, &cublas_version));
+    fprintf(stderr, "cuda: device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %zu, cuBLAS %d\n", device, prop.name,
+            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
+            cudnn_version, cublas_version);
+    return be;
+}
+
+void ncsn_cuda_backend_destroy(ncsn_backend *be) {
+    if (!be) return;
+    cuda_backend_impl *impl = cuda_impl(be);
+    if (impl) {
+        CUDA_CHECK(cudaStreamSynchronize(impl->stream));
+        cuda_conv_destroy(impl);
+        if (impl->workspace) CUDA_CHECK(cudaFree(impl->workspace));
+        CUDNN_CHECK(cudnnBackendDestroyDescriptor(impl->cudnn_device_properties));
+        CUBLAS_CHECK(cublasDestroy(impl->cublas));
+        CUDNN_CHECK(cudnnDestroy(impl->cudnn));
+        CUDA_CHECK(cudaStreamDestroy(impl->stream));
+        free(impl);
+    }
+    free(be);
+}

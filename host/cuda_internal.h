@@ -1,0 +1,137 @@
+/* cuda_internal.h: private state of the CUDA backend, shared by cuda_backend.c (memory,
+ * the op table, cuBLAS), cuda_conv.c (cuDNN graph-API convolutions) and the kernel files
+ * under kernels/ (the status-check macros only).
+ *
+ * What it is: the backend's `impl` struct, the status-check macros and the few functions
+ * the backend files call in each other. What it is not: a public interface; nothing
+ * outside the CUDA backend files (host/cuda_ prefix, kernels/ .cu files) includes it.
+ *
+ * Every CUDA runtime, cuDNN and cuBLAS call goes through CUDA_CHECK / CUDNN_CHECK /
+ * CUBLAS_CHECK: on failure they print the library's own message, the call and file:line,
+ * then exit(1). The engine never continues after a failed library call.
+ *
+ * Streams and the shared workspace: every op is enqueued on impl->stream, so the one
+ * workspace can be reused by consecutive ops without further synchronisation. The
+ * workspace only grows (synchronously) when a new convolution plan or a larger scratch
+ * request appears; a model's first step (or a warm-up pass) therefore reaches its final
+ * size, after which pointers are stable (a requirement for CUDA graph capture).
+ */
+#ifndef NCSN_CUDA_INTERNAL_H
+#define NCSN_CUDA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cuda_runtime.h>
+
+#include "ncsn/backend.h"
+
+#ifndef __CUDACC__
+/* With CUDNN_WARN_DEPRECATED, any use of a deprecated cuDNN function or enumerator in our
+ * code warns and so fails the -Werror build: nothing deprecated can creep in unnoticed.
+ * The header's own declarations of deprecated items are exempt (they would warn merely
+ * by being declared). */
+#define CUDNN_WARN_DEPRECATED
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#include <cudnn_graph.h>
+#pragma GCC diagnostic pop
+#include <cublas_v2.h>
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CUDA_CHECK(call)                                                                                               \
+    do {                                                                                                               \
+        cudaError_t cuda_check_status_ = (call);                                                                       \
+        if (cuda_check_status_ != cudaSuccess) {                                                                       \
+            fprintf(stderr, "ncsn: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,                            \
+                    cudaGetErrorString(cuda_check_status_), cudaGetErrorName(cuda_check_status_));                     \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+/* After every kernel launch: catches invalid launch configurations and images missing for
+ * this GPU. Faults inside a kernel surface at the next synchronising call; build with
+ * -DNCSN_CUDA_SYNC_EVERY_LAUNCH to pin them to the launch that caused them. */
+#ifdef NCSN_CUDA_SYNC_EVERY_LAUNCH
+#define CUDA_CHECK_LAUNCH(stream)                                                                                      \
+    do {                                                                                                               \
+        CUDA_CHECK(cudaGetLastError());                                                                                \
+        CUDA_CHECK(cudaStreamSynchronize(stream));                                                                     \
+    } while (0)
+#else
+#define CUDA_CHECK_LAUNCH(stream) CUDA_CHECK(cudaGetLastError())
+#endif
+
+#ifndef __CUDACC__
+/* cudnnGetLastErrorString carries the detail (which attribute, which engine) that the bare
+ * status name lacks. */
+#define CUDNN_CHECK(call)                                                                                              \
+    do {                                                                                                               \
+        cudnnStatus_t cudnn_check_status_ = (call);                                                                    \
+        if (cudnn_check_status_ != CUDNN_STATUS_SUCCESS) {                                                             \
+            char cudnn_check_detail_[512];                                                                             \
+            cudnnGetLastErrorString(cudnn_check_detail_, sizeof cudnn_check_detail_);                                  \
+            fprintf(stderr, "ncsn: %s:%d: %s failed: %s (%d)%s%s\n", __FILE__, __LINE__, #call,                        \
+                    cudnnGetErrorString(cudnn_check_status_), (int)cudnn_check_status_,                                \
+                    cudnn_check_detail_[0] ? ": " : "", cudnn_check_detail_);                                          \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                                             \
+    do {                                                                                                               \
+        cublasStatus_t cublas_check_status_ = (call);                                                                  \
+        if (cublas_check_status_ != CUBLAS_STATUS_SUCCESS) {                                                           \
+            fprintf(stderr, "ncsn: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,                            \
+                    cublasGetStatusString(cublas_check_status_), cublasGetStatusName(cublas_check_status_));           \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+typedef struct cuda_conv_plan cuda_conv_plan; /* one cached cuDNN execution plan (cuda_conv.c) */
+
+typedef struct {
+    int device;
+    cudaStream_t stream;
+    cudnnHandle_t cudnn;
+    cublasHandle_t cublas;
+    /* Device properties for cuDNN heuristics and plans (the graph API's replacement for
+     * the deprecated per-graph / per-plan handle attributes, cuDNN >= 9.8). */
+    cudnnBackendDescriptor_t cudnn_device_properties;
+    /* The one workspace: cuDNN plan workspaces, the scratch output of a convolution that
+     * must be added afterwards, and the small temporaries of reductions. */
+    void *workspace;
+    size_t workspace_bytes;
+    /* Convolution plans, one per (shape, direction, precision, accumulate, alignment,
+     * determinism); a model has at most a few hundred, so a linear scan is cheap next to
+     * a convolution. */
+    cuda_conv_plan *plans;
+    int plan_count, plan_capacity;
+} cuda_backend_impl;
+
+static inline cuda_backend_impl *cuda_impl(ncsn_backend *be) { return (cuda_backend_impl *)be->impl; }
+
+/* cuda_backend.c: returns a workspace of at least `bytes`, growing it (after waiting for
+ * the stream, since queued work may still use the old one) when needed. */
+void *cuda_workspace_reserve(ncsn_backend *be, size_t bytes);
+
+/* cuda_conv.c */
+void cuda_conv_destroy(cuda_backend_impl *impl);
+void cuda_conv2d_forward(ncsn_backend *be, float *out, const float *in, const float *w, const float *b,
+                         const ncsn_conv_desc *d);
+void cuda_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, const float *w, const ncsn_conv_desc *d,
+                               int accumulate);
+void cuda_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *db, const float *in, const float *dout,
+                                             const ncsn_conv_desc *d);
+#endif /* !__CUDACC__ */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NCSN_CUDA_INTERNAL_H */

@@ -1,0 +1,148 @@
+/* cuda_launch.h: the launchers of the CUDA kernels, called by host/cuda_backend.c.
+ *
+ * What it is: one C function per kernel family entry point. Each launcher checks nothing
+ * about shapes (host/cuda_backend.c asserts them once, naming the op), enqueues its
+ * kernels on `stream`, and checks the launch (CUDA_CHECK_LAUNCH). What it is not: the op
+ * table; the backend wraps these into ncsn_backend_ops.
+ *
+ * Conventions: NCHW float32 device pointers; sizes are of the INPUT as in backend.h;
+ * `accumulate` nonzero means += into the destination. Launchers whose destination always
+ * accumulates are named `..._accumulate`. Launchers that need temporary device memory take
+ * it as a `scratch` argument sized by the matching `..._scratch_bytes` function, carved by
+ * the backend from its one shared workspace. Zero-sized ops launch nothing.
+ *
+ * Per-element math is never written here or in the .cu files: kernels call the shared
+ * functions of kernels/element_math.h and kernels/rng_math.h, so the CPU tests exercise
+ * exactly the arithmetic the GPU runs. Only launches and reductions differ.
+ */
+#ifndef NCSN_CUDA_LAUNCH_H
+#define NCSN_CUDA_LAUNCH_H
+
+#include "ncsn/common.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#include "host/cuda_internal.h"
+#include "kernels/element_math.h"
+#include "kernels/rng_math.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Returns cudaSuccess when this binary holds kernel images the current device can run
+ * (CUDA_ARCH in the Makefile), so the backend can refuse a GPU it cannot drive. */
+cudaError_t ncsn_cuda_kernels_probe(void);
+
+/* ---- elementwise.cu ---- */
+void ncsn_cuda_elu_forward(cudaStream_t stream, float *out, const float *x, size_t n);
+void ncsn_cuda_elu_backward(cudaStream_t stream, float *dx, const float *dout, const float *out, size_t n);
+void ncsn_cuda_add(cudaStream_t stream, float *out, const float *a, const float *b, size_t n);
+void ncsn_cuda_accumulate(cudaStream_t stream, float *y, const float *x, size_t n);
+void ncsn_cuda_scale_shift(cudaStream_t stream, float *out, const float *x, float scale, float shift, size_t n);
+void ncsn_cuda_divide_by_sigma(cudaStream_t stream, float *out, const float *x, const float *sigmas,
+                               const int32_t *labels, int N, size_t per_example);
+void ncsn_cuda_clamp01(cudaStream_t stream, float *x, size_t n);
+void ncsn_cuda_label_bias_forward(cudaStream_t stream, float *out, const float *table, const int32_t *labels, int N,
+                                  int C, size_t spatial);
+size_t ncsn_cuda_label_bias_backward_scratch_bytes(int N, int C);
+void ncsn_cuda_label_bias_backward_accumulate(cudaStream_t stream, float *dtable, const float *dout,
+                                              const int32_t *labels, int N, int C, size_t spatial, void *scratch);
+/* Convolution bias: out[n, k, :] += b[k], and db[k] += sum over n and space of dout[n, k, :]. */
+void ncsn_cuda_conv_bias_forward(cudaStream_t stream, float *out, const float *b, int N, int K, size_t spatial);
+void ncsn_cuda_conv_bias_backward_accumulate(cudaStream_t stream, float *db, const float *dout, int N, int K,
+                                             size_t spatial);
+
+/* ---- norms.cu: InstanceNorm++ (stats layout: NCSN_NORM_STATS_COUNT in backend.h) ---- */
+void ncsn_cuda_instance_norm_plus_forward(cudaStream_t stream, float *out, const float *x, const float *gamma,
+                                          const float *alpha, const float *beta, int param_stride,
+                                          const int32_t *labels, float *stats, int N, int C, int H, int W);
+size_t ncsn_cuda_instance_norm_plus_backward_scratch_bytes(int N, int C);
+void ncsn_cuda_instance_norm_plus_backward(cudaStream_t stream, float *dx, float *dgamma, float *dalpha, float *dbeta,
+                                           const float *dout, const float *x, const float *gamma, const float *alpha,
+                                           int param_stride, const int32_t *labels, const float *stats, int N, int C,
+                                           int H, int W, int accumulate, void *scratch);
+
+/* ---- pooling.cu ---- */
+void ncsn_cuda_mean_pool2_forward(cudaStream_t stream, float *out, const float *in, int N, int C, int H, int W);
+void ncsn_cuda_mean_pool2_backward(cudaStream_t stream, float *din, const float *dout, int N, int C, int H, int W,
+                                   int accumulate);
+void ncsn_cuda_avg_pool5_forward(cudaStream_t stream, float *out, const float *in, int N, int C, int H, int W);
+void ncsn_cuda_avg_pool5_backward(cudaStream_t stream, float *din, const float *dout, int N, int C, int H, int W,
+                                  int accumulate);
+void ncsn_cuda_max_pool5_forward(cudaStream_t stream, float *out, const float *in, int N, int C, int H, int W);
+size_t ncsn_cuda_max_pool5_backward_scratch_bytes(int N, int C, int H, int W);
+void ncsn_cuda_max_pool5_backward(cudaStream_t stream, float *din, const float *dout, const float *in, int N, int C,
+                                  int H, int W, int accumulate, void *scratch);
+void ncsn_cuda_resize_bilinear_forward(cudaStream_t stream, float *out, const float *in, int N, int C, int H, int W,
+                                       int Ho, int Wo);
+void ncsn_cuda_resize_bilinear_backward(cudaStream_t stream, float *din, const float *dout, int N, int C, int H, int W,
+                                        int Ho, int Wo, int accumulate);
+
+/* ---- loss.cu ---- */
+void ncsn_cuda_noise_inject(cudaStream_t stream, float *x_noisy, const float *x, const float *z, const float *sigmas,
+                            const int32_t *labels, int N, size_t per_example);
+void ncsn_cuda_dsm_loss(cudaStream_t stream, float *loss_per_example, float *dscore, const float *score, const float *z,
+                        const float *sigmas, const int32_t *labels, int N, size_t per_example);
+
+/* ---- optimizer.cu ---- */
+void ncsn_cuda_adam_step(cudaStream_t stream, float *params, const float *grads, float *m, float *v, float *vmax,
+                         size_t n, const ncsn_adam_hparams *hp);
+void ncsn_cuda_ema_update(cudaStream_t stream, float *shadow, const float *params, size_t n, float mu);
+size_t ncsn_cuda_sum_squares_scratch_bytes(void);
+void ncsn_cuda_sum_squares(cudaStream_t stream, float *out, const float *x, size_t n, void *scratch);
+
+/* ---- sampler.cu (and the counter-based RNG fills) ---- */
+void ncsn_cuda_fill_normal(cudaStream_t stream, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
+                           uint32_t example_offset, uint32_t step);
+void ncsn_cuda_fill_uniform(cudaStream_t stream, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
+                            uint32_t example_offset, uint32_t step);
+void ncsn_cuda_langevin_step(cudaStream_t stream, float *x, const float *score, int N, size_t per_example, float a,
+                             uint64_t seed, uint32_t example_offset, uint32_t step);
+void ncsn_cuda_denoise_step(cudaStream_t stream, float *x, const float *score, size_t n, float sigma_last_sq);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- helpers shared by the .cu files ---- */
+#ifdef __CUDACC__
+/* Elementwise kernels use grid-stride loops over size_t indices, so one launch covers any
+ * n; the grid is capped where more blocks would only add scheduling overhead. */
+#define NCSN_CUDA_THREADS 256
+static inline unsigned ncsn_cuda_grid(size_t n) {
+    size_t blocks = (n + NCSN_CUDA_THREADS - 1) / NCSN_CUDA_THREADS;
+    const size_t max_blocks = (size_t)1 << 16;
+    return (unsigned)(blocks < max_blocks ? (blocks ? blocks : 1) : max_blocks);
+}
+#define NCSN_CUDA_GRID_STRIDE_LOOP(i, n)                                                                               \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* Block reductions: CUB's BlockReduce over NCSN_CUDA_REDUCE_THREADS threads. Partial sums
+ * are carried in double: the reductions here (instance-norm statistics, bias and
+ * embedding gradients, the loss) are memory bound, so the wider accumulator is free and
+ * keeps the result independent of the summation order to well below float32 resolution,
+ * which is what lets the CPU comparison use tight tolerances. */
+#include <cub/block/block_reduce.cuh>
+
+#define NCSN_CUDA_REDUCE_THREADS 256
+typedef cub::BlockReduce<double, NCSN_CUDA_REDUCE_THREADS> ncsn_block_reduce;
+
+/* Sum of `v` over the block, returned to EVERY thread. Must be called by all threads of
+ * the block; may be called repeatedly (it synchronises before its storage is reused). */
+static inline __device__ double ncsn_cuda_block_sum(double v) {
+    __shared__ ncsn_block_reduce::TempStorage temp;
+    __shared__ double total;
+    double sum = ncsn_block_reduce(temp).Sum(v);
+    if (threadIdx.x == 0) total = sum;
+    __syncthreads();
+    double result = total;
+    __syncthreads();
+    return result;
+}
+#endif
+
+#endif /* NCSN_CUDA_LAUNCH_H */

@@ -1,0 +1,651 @@
+/* test_gpu_ops.c: every op of the CUDA backend against the CPU backend (ggml's
+ * test-backend-ops idea), on random inputs in several shapes: the CIFAR-10 NCSNv2 layer
+ * shapes, MNIST-size ones, and odd ones (sizes that divide nothing, a single channel, a
+ * plane smaller than the pooling window, pointers only 4-byte aligned).
+ *
+ * The CPU backend is itself tested against float64 references and finite differences
+ * (tests/test_*.c), so agreement here means the GPU computes the same functions.
+ *
+ * Tolerances (|gpu - cpu| <= atol + rtol |cpu| + stol max|cpu|, per element), and why:
+ *   exact    copies, RNG uniforms (integer arithmetic), pooling selections, the official
+ *            mean-pool order: both backends perform identical float operations.
+ *   ulp      elementwise float math: nvcc contracts a*b+c into one FMA, the CPU build
+ *            (-std=c11) does not, and CUDA's expm1f/sqrtf may differ by 1 ulp from
+ *            glibc; a few ulp of the result or of the largest term: rtol = stol = 1e-6.
+ *   normal   Box-Muller in float64 on both, rounded to float: atol 1e-6 (|z| < 6, so
+ *            about 2 float ulp) covers a last-bit difference of device log/sin/cos.
+ *   reduce   sums carried in double on both sides, rounded once: rtol 1e-6, stol 1e-6.
+ *   in++     InstanceNorm++: double statistics on both sides, float application; the
+ *            backward mixes float (GPU) and double (CPU) intermediates: 1e-5 of max|cpu|.
+ *   conv     strict fp32 (no TF32): cuDNN and oneDNN sum the Cin*k*k (or N*H*W) products
+ *            in different orders and may use Winograd transforms; the error is a small
+ *            multiple of eps * sqrt(terms) * max|term|: 1e-4 of max|cpu| (and of |cpu|).
+ *   tf32     one shape with TF32 allowed: inputs rounded to 10 mantissa bits (2^-11
+ *            relative each), fp32 accumulation: 5e-3 of max|cpu|.
+ *   gemm     fp32 sgemm, K up to 3072, different blocking: 2e-5 of max|cpu|.
+ *
+ * Without a usable GPU this prints "test-gpu: skipped: <reason>" and exits 0. Setting
+ * NCSN_TEST_GPU_CPU_PAIR=1 runs the whole comparison with a second CPU backend in place
+ * of the GPU, which checks this test itself on a machine without one.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/rng_math.h"
+#include "ncsn/backend.h"
+#include "tests/harness.h"
+
+/* ---- the two backends and paired buffers ---- */
+
+static ncsn_backend *cpu, *gpu;
+
+typedef struct {
+    float *c, *g; /* the same tensor on the CPU and on the GPU backend */
+    size_t n;
+} pair;
+
+typedef struct {
+    int32_t *c, *g;
+    int n;
+} label_pair;
+
+/* Deterministic test data from the engine's own counter RNG: uniform in [lo, hi). */
+static void random_host(float *h, size_t n, uint32_t tag, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) h[i] = lo + (hi - lo) * ncsn_rng_uniform(20240611u, NCSN_RNG_TOY, tag, 0, i);
+}
+
+static pair pair_from_host(const float *h, size_t n) {
+    pair p = {ncsn_alloc(cpu, n * sizeof(float)), ncsn_alloc(gpu, n * sizeof(float)), n};
+    ncsn_copy_to_device(cpu, p.c, h, n * sizeof(float));
+    ncsn_copy_to_device(gpu, p.g, h, n * sizeof(float));
+    return p;
+}
+
+static pair pair_random(size_t n, uint32_t tag, float lo, float hi) {
+    float *h = ncsn_xmalloc(n * sizeof(float));
+    random_host(h, n, tag, lo, hi);
+    pair p = pair_from_host(h, n);
+    free(h);
+    return p;
+}
+
+static pair pair_zero(size_t n) {
+    pair p = {ncsn_alloc(cpu, n * sizeof(float)), ncsn_alloc(gpu, n * sizeof(float)), n};
+    return p;
+}
+
+static void pair_free(pair *p) {
+    ncsn_free(cpu, p->c);
+    ncsn_free(gpu, p->g);
+    p->c = p->g = NULL;
+}
+
+static label_pair labels_from_host(const int32_t *h, int n) {
+    label_pair p = {ncsn_alloc(cpu, (size_t)n * sizeof(int32_t)), ncsn_alloc(gpu, (size_t)n * sizeof(int32_t)), n};
+    ncsn_copy_to_device(cpu, p.c, h, (size_t)n * sizeof(int32_t));
+    ncsn_copy_to_device(gpu, p.g, h, (size_t)n * sizeof(int32_t));
+    return p;
+}
+
+static void labels_free(label_pair *p) {
+    ncsn_free(cpu, p->c);
+    ncsn_free(gpu, p->g);
+}
+
+/* ---- comparison and the report ---- */
+
+typedef struct {
+    const char *name;
+    double atol, rtol, stol;
+} tolerance;
+
+static const tolerance TOL_EXACT = {"exact", 0, 0, 0};
+static const tolerance TOL_ULP = {"ulp", 0, 1e-6, 1e-6};
+static const tolerance TOL_NORMAL = {"normal", 1e-6, 0, 0};
+static const tolerance TOL_REDUCE = {"reduce", 0, 1e-6, 1e-6};
+static const tolerance TOL_IN_PLUS = {"in++", 0, 1e-5, 1e-5};
+static const tolerance TOL_CONV = {"conv", 0, 1e-4, 1e-4};
+static const tolerance TOL_TF32 = {"tf32", 0, 5e-3, 5e-3};
+static const tolerance TOL_GEMM = {"gemm", 0, 2e-5, 2e-5};
+
+/* Compares the GPU copy of `p` with the CPU copy, prints one report line, and for a
+ * failure the first differing values. */
+static int compare(const char *op, const char *shape, const pair *p, tolerance tol) {
+    size_t n = p->n;
+    float *hc = ncsn_xmalloc(n * sizeof(float)), *hg = ncsn_xmalloc(n * sizeof(float));
+    ncsn_copy_to_host(cpu, hc, p->c, n * sizeof(float));
+    ncsn_copy_to_host(gpu, hg, p->g, n * sizeof(float));
+    double scale = 0.0, max_err = 0.0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs((double)hc[i]) > scale) scale = fabs((double)hc[i]);
+    size_t bad = 0, first_bad[5];
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)hg[i] - (double)hc[i]);
+        int ok = err <= tol.atol + tol.rtol * fabs((double)hc[i]) + tol.stol * scale;
+        if (isnan(hc[i]) || isnan(hg[i])) ok = isnan(hc[i]) && isnan(hg[i]);
+        if (!ok) {
+            if (bad < 5) first_bad[bad] = i;
+            bad++;
+        }
+        if (err > max_err || err != err) max_err = err;
+    }
+    harness_checks++;
+    if (bad) harness_failures++;
+    printf("%-38s %-28s %10.3e %10.3e  %-7s %s\n", op, shape, max_err, scale > 0 ? max_err / scale : max_err, tol.name,
+           bad ? "FAIL" : "PASS");
+    for (size_t k = 0; k < bad && k < 5; k++)
+        printf("    [%zu] gpu %.9g cpu %.9g (err %.3g)\n", first_bad[k], hg[first_bad[k]], hc[first_bad[k]],
+               fabs((double)hg[first_bad[k]] - (double)hc[first_bad[k]]));
+    if (bad) printf("    %zu of %zu elements outside tolerance (max|cpu| %.3e)\n", bad, n, scale);
+    free(hc);
+    free(hg);
+    return bad == 0;
+}
+
+/* ---- memory ---- */
+
+static void test_memory(void) {
+    const size_t n = 1000;
+    pair p = pair_zero(n); /* alloc promises zero-filled memory */
+    compare("alloc (zero-filled)", "1000", &p, TOL_EXACT);
+    float *h = ncsn_xmalloc(n * sizeof(float));
+    random_host(h, n, 1, -1.0f, 1.0f);
+    ncsn_copy_to_device(cpu, p.c, h, n * sizeof(float));
+    ncsn_copy_to_device(gpu, p.g, h, n * sizeof(float));
+    pair q = pair_zero(n);
+    ncsn_copy(cpu, q.c, p.c, n * sizeof(float));
+    ncsn_copy(gpu, q.g, p.g, n * sizeof(float));
+    ncsn_synchronize(gpu); /* not needed before copy_to_host, but every op gets called */
+    float *back = ncsn_xmalloc(n * sizeof(float));
+    ncsn_copy_to_host(gpu, back, q.g, n * sizeof(float));
+    harness_checks++;
+    int same = !memcmp(back, h, n * sizeof(float));
+    if (!same) harness_failures++;
+    printf("%-38s %-28s %10s %10s  %-7s %s\n", "copy_to_device/copy/copy_to_host", "1000", "-", "-", "exact",
+           same ? "PASS" : "FAIL");
+    ncsn_memset_zero(cpu, q.c + 10, 100 * sizeof(float));
+    ncsn_memset_zero(gpu, q.g + 10, 100 * sizeof(float));
+    compare("memset_zero", "1000 [10, 110)", &q, TOL_EXACT);
+    free(h);
+    free(back);
+    pair_free(&p);
+    pair_free(&q);
+}
+
+/* ---- convolutions ---- */
+
+static void test_conv(ncsn_conv_desc d, int offset_floats) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d K%d k%d d%d%s%s", d.N, d.C, d.H, d.W, d.K, d.ksize, d.dilation,
+             d.has_bias ? " b" : "", offset_floats ? " +4B" : "");
+    size_t nin = (size_t)d.N * d.C * d.H * d.W, nout = (size_t)d.N * d.K * d.H * d.W;
+    size_t nw = (size_t)d.K * d.C * d.ksize * d.ksize, off = (size_t)offset_floats;
+    float bound = 1.0f / sqrtf((float)(d.C * d.ksize * d.ksize)); /* PyTorch's default init scale */
+    /* One allocation per tensor with `off` leading floats: off = 1 leaves tensors only
+     * 4-byte aligned, as inside a model's parameter buffer. */
+    pair x = pair_random(nin + off, 100, -1.0f, 1.0f), w = pair_random(nw + off, 101, -bound, bound);
+    pair b = pair_random(d.K + off, 102, -bound, bound), y = pair_zero(nout + off);
+    ncsn_conv2d_forward(cpu, y.c + off, x.c + off, w.c + off, b.c + off, &d);
+    ncsn_conv2d_forward(gpu, y.g + off, x.g + off, w.g + off, b.g + off, &d);
+    compare("conv2d_forward", shape, &y, TOL_CONV);
+
+    pair dy = pair_random(nout + off, 103, -1.0f, 1.0f), dx = pair_random(nin + off, 104, -1.0f, 1.0f);
+    ncsn_conv2d_backward_data(cpu, dx.c + off, dy.c + off, w.c + off, &d, 0);
+    ncsn_conv2d_backward_data(gpu, dx.g + off, dy.g + off, w.g + off, &d, 0);
+    compare("conv2d_backward_data", shape, &dx, TOL_CONV);
+    ncsn_conv2d_backward_data(cpu, dx.c + off, dy.c + off, w.c + off, &d, 1);
+    ncsn_conv2d_backward_data(gpu, dx.g + off, dy.g + off, w.g + off, &d, 1);
+    compare("conv2d_backward_data (accumulate)", shape, &dx, TOL_CONV);
+
+    /* dw and db start non-zero: the op must add, not overwrite. */
+    pair dw = pair_random(nw + off, 105, -0.5f, 0.5f), db = pair_random(d.K + off, 106, -0.5f, 0.5f);
+    ncsn_conv2d_backward_weights_accumulate(cpu, dw.c + off, db.c + off, x.c + off, dy.c + off, &d);
+    ncsn_conv2d_backward_weights_accumulate(gpu, dw.g + off, db.g + off, x.g + off, dy.g + off, &d);
+    compare("conv2d_backward_weights (dw +=)", shape, &dw, TOL_CONV);
+    if (d.has_bias) compare("conv2d_backward_weights (db +=)", shape, &db, TOL_CONV);
+
+    pair *all[] = {&x, &w, &b, &y, &dy, &dx, &dw, &db};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
+}
+
+static void test_conv_tf32(ncsn_conv_desc d) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d K%d k%d d%d", d.N, d.C, d.H, d.W, d.K, d.ksize, d.dilation);
+    size_t nin = (size_t)d.N * d.C * d.H * d.W, nout = (size_t)d.N * d.K * d.H * d.W;
+    size_t nw = (size_t)d.K * d.C * d.ksize * d.ksize;
+    float bound = 1.0f / sqrtf((float)(d.C * d.ksize * d.ksize));
+    pair x = pair_random(nin, 110, -1.0f, 1.0f), w = pair_random(nw, 111, -bound, bound);
+    pair b = pair_random(d.K, 112, -bound, bound), y = pair_zero(nout);
+    ncsn_precision saved = gpu->precision;
+    gpu->precision = NCSN_PRECISION_TF32;
+    ncsn_conv2d_forward(cpu, y.c, x.c, w.c, b.c, &d);
+    ncsn_conv2d_forward(gpu, y.g, x.g, w.g, b.g, &d);
+    gpu->precision = saved;
+    compare("conv2d_forward (TF32 allowed)", shape, &y, TOL_TF32);
+    pair_free(&x);
+    pair_free(&w);
+    pair_free(&b);
+    pair_free(&y);
+}
+
+/* ---- InstanceNorm++ ---- */
+
+/* levels = 0: unconditional (per-channel vectors, stride 0, no labels); otherwise
+ * conditional over an [levels, 3C] embedding with the given labels (repeats allowed). */
+static void test_in_plus(int N, int C, int H, int W, int levels, const int32_t *label_values) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d %s", N, C, H, W, levels ? "cond" : "uncond");
+    size_t n = (size_t)N * C * H * W, nstats = NCSN_NORM_STATS_COUNT(N, C);
+    int stride = levels ? 3 * C : 0;
+    size_t nparams = levels ? (size_t)levels * 3 * C : 3 * (size_t)C;
+    /* gamma, alpha ~ 1 + small, beta small: the layout is [gamma | alpha | beta] per row
+     * (conditional) or three vectors back to back (unconditional). */
+    float *h = ncsn_xmalloc(nparams * sizeof(float));
+    random_host(h, nparams, 200, 0.5f, 1.5f);
+    for (size_t r = 0; r < (levels ? (size_t)levels : 1); r++)
+        for (int c = 0; c < C; c++) h[r * 3 * C + 2 * C + c] -= 1.0f; /* beta in [-0.5, 0.5) */
+    pair params = pair_from_host(h, nparams);
+    free(h);
+    /* Non-zero plane means so the channel-means term matters. */
+    pair x = pair_random(n, 201, -1.0f, 2.0f), out = pair_zero(n), stats = pair_zero(nstats);
+    label_pair labels = {NULL, NULL, 0};
+    if (levels) labels = labels_from_host(label_values, N);
+    const size_t alpha_off = (size_t)C, beta_off = 2 * (size_t)C; /* same offsets in both layouts */
+
+    ncsn_instance_norm_plus_forward(cpu, out.c, x.c, params.c, params.c + alpha_off, params.c + beta_off, stride,
+                                    labels.c, stats.c, N, C, H, W);
+    ncsn_instance_norm_plus_forward(gpu, out.g, x.g, params.g, params.g + alpha_off, params.g + beta_off, stride,
+                                    labels.g, stats.g, N, C, H, W);
+    compare("instance_norm_plus_forward (out)", shape, &out, TOL_IN_PLUS);
+    compare("instance_norm_plus_forward (stats)", shape, &stats, TOL_IN_PLUS);
+
+    pair dout = pair_random(n, 202, -1.0f, 1.0f), dx = pair_random(n, 203, -1.0f, 1.0f);
+    pair dparams = pair_random(nparams, 204, -0.1f, 0.1f); /* non-zero: must accumulate */
+    for (int accumulate = 0; accumulate <= 1; accumulate++) {
+        ncsn_instance_norm_plus_backward(cpu, dx.c, dparams.c, dparams.c + alpha_off, dparams.c + beta_off, dout.c, x.c,
+                                         params.c, params.c + alpha_off, stride, labels.c, stats.c, N, C, H, W,
+                                         accumulate);
+        ncsn_instance_norm_plus_backward(gpu, dx.g, dparams.g, dparams.g + alpha_off, dparams.g + beta_off, dout.g, x.g,
+                                         params.g, params.g + alpha_off, stride, labels.g, stats.g, N, C, H, W,
+                                         accumulate);
+        compare(accumulate ? "instance_norm_plus_backward (dx +=)" : "instance_norm_plus_backward (dx)", shape, &dx,
+                TOL_IN_PLUS);
+        compare(accumulate ? "instance_norm_plus_backward (dp x2)" : "instance_norm_plus_backward (dparams)", shape,
+                &dparams, TOL_IN_PLUS);
+    }
+    if (levels) labels_free(&labels);
+    pair *all[] = {&params, &x, &out, &stats, &dout, &dx, &dparams};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
+}
+
+/* ---- activation ---- */
+
+static void test_elu(size_t n) {
+    char shape[32];
+    snprintf(shape, sizeof shape, "%zu", n);
+    pair x = pair_random(n, 300, -4.0f, 3.0f), out = pair_zero(n);
+    ncsn_elu_forward(cpu, out.c, x.c, n);
+    ncsn_elu_forward(gpu, out.g, x.g, n);
+    compare("elu_forward", shape, &out, TOL_ULP);
+    pair dout = pair_random(n, 301, -1.0f, 1.0f), dx = pair_zero(n);
+    ncsn_elu_backward(cpu, dx.c, dout.c, out.c, n);
+    ncsn_elu_backward(gpu, dx.g, dout.g, out.g, n);
+    compare("elu_backward", shape, &dx, TOL_ULP);
+    /* in place, as the models call it */
+    ncsn_elu_forward(cpu, x.c, x.c, n);
+    ncsn_elu_forward(gpu, x.g, x.g, n);
+    compare("elu_forward (in place)", shape, &x, TOL_ULP);
+    ncsn_elu_backward(cpu, dout.c, dout.c, x.c, n);
+    ncsn_elu_backward(gpu, dout.g, dout.g, x.g, n);
+    compare("elu_backward (in place)", shape, &dout, TOL_ULP);
+    pair_free(&x);
+    pair_free(&out);
+    pair_free(&dout);
+    pair_free(&dx);
+}
+
+/* ---- pooling and resampling ---- */
+
+static void test_pools(int N, int C, int H, int W, int ties) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d%s", N, C, H, W, ties ? " ties" : "");
+    size_t n = (size_t)N * C * H * W;
+    float *h = ncsn_xmalloc(n * sizeof(float));
+    random_host(h, n, 400, -2.0f, 2.0f);
+    if (ties) /* three distinct values: most 5x5 windows hold several equal maxima */
+        for (size_t i = 0; i < n; i++) h[i] = floorf(h[i] + 2.0f) < 1.0f ? 0.0f : (h[i] < 1.0f ? 1.0f : 2.0f);
+    pair in = pair_from_host(h, n);
+    free(h);
+    pair out = pair_zero(n), dout = pair_random(n, 401, -1.0f, 1.0f), din = pair_random(n, 402, -1.0f, 1.0f);
+
+    if (H % 2 == 0 && W % 2 == 0 && !ties) {
+        size_t half = n / 4;
+        pair pooled = pair_zero(half), dpooled = pair_random(half, 403, -1.0f, 1.0f);
+        ncsn_mean_pool2_forward(cpu, pooled.c, in.c, N, C, H, W);
+        ncsn_mean_pool2_forward(gpu, pooled.g, in.g, N, C, H, W);
+        compare("mean_pool2_forward", shape, &pooled, TOL_EXACT);
+        for (int acc = 0; acc <= 1; acc++) {
+            ncsn_mean_pool2_backward(cpu, din.c, dpooled.c, N, C, H, W, acc);
+            ncsn_mean_pool2_backward(gpu, din.g, dpooled.g, N, C, H, W, acc);
+            compare(acc ? "mean_pool2_backward (+=)" : "mean_pool2_backward", shape, &din, TOL_EXACT);
+        }
+        pair_free(&pooled);
+        pair_free(&dpooled);
+    }
+    if (!ties) {
+        ncsn_avg_pool5_forward(cpu, out.c, in.c, N, C, H, W);
+        ncsn_avg_pool5_forward(gpu, out.g, in.g, N, C, H, W);
+        compare("avg_pool5_forward", shape, &out, TOL_EXACT);
+        for (int acc = 0; acc <= 1; acc++) {
+            ncsn_avg_pool5_backward(cpu, din.c, dout.c, N, C, H, W, acc);
+            ncsn_avg_pool5_backward(gpu, din.g, dout.g, N, C, H, W, acc);
+            compare(acc ? "avg_pool5_backward (+=)" : "avg_pool5_backward", shape, &din, TOL_EXACT);
+        }
+    }
+    ncsn_max_pool5_forward(cpu, out.c, in.c, N, C, H, W);
+    ncsn_max_pool5_forward(gpu, out.g, in.g, N, C, H, W);
+    compare("max_pool5_forward", shape, &out, TOL_EXACT);
+    /* The GPU gathers, the CPU scatters: the same terms in a different order. */
+    for (int acc = 0; acc <= 1; acc++) {
+        ncsn_max_pool5_backward(cpu, din.c, dout.c, in.c, N, C, H, W, acc);
+        ncsn_max_pool5_backward(gpu, din.g, dout.g, in.g, N, C, H, W, acc);
+        compare(acc ? "max_pool5_backward (+=)" : "max_pool5_backward", shape, &din, TOL_ULP);
+    }
+    pair_free(&in);
+    pair_free(&out);
+    pair_free(&dout);
+    pair_free(&din);
+}
+
+static void test_resize(int N, int C, int H, int W, int Ho, int Wo) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d -> %dx%d", N, C, H, W, Ho, Wo);
+    size_t n = (size_t)N * C * H * W, no = (size_t)N * C * Ho * Wo;
+    pair in = pair_random(n, 500, -1.0f, 1.0f), out = pair_zero(no);
+    ncsn_resize_bilinear_forward(cpu, out.c, in.c, N, C, H, W, Ho, Wo);
+    ncsn_resize_bilinear_forward(gpu, out.g, in.g, N, C, H, W, Ho, Wo);
+    compare("resize_bilinear_forward", shape, &out, TOL_ULP);
+    pair dout = pair_random(no, 501, -1.0f, 1.0f), din = pair_random(n, 502, -1.0f, 1.0f);
+    for (int acc = 0; acc <= 1; acc++) {
+        ncsn_resize_bilinear_backward(cpu, din.c, dout.c, N, C, H, W, Ho, Wo, acc);
+        ncsn_resize_bilinear_backward(gpu, din.g, dout.g, N, C, H, W, Ho, Wo, acc);
+        compare(acc ? "resize_bilinear_backward (+=)" : "resize_bilinear_backward", shape, &din, TOL_ULP);
+    }
+    pair_free(&in);
+    pair_free(&out);
+    pair_free(&dout);
+    pair_free(&din);
+}
+
+/* ---- elementwise ---- */
+
+static void test_elementwise(void) {
+    const size_t n = 100003; /* not a multiple of any block size */
+    const char *shape = "100003";
+    pair a = pair_random(n, 600, -2.0f, 2.0f), b = pair_random(n, 601, -2.0f, 2.0f), out = pair_zero(n);
+    ncsn_add(cpu, out.c, a.c, b.c, n);
+    ncsn_add(gpu, out.g, a.g, b.g, n);
+    compare("add", shape, &out, TOL_EXACT);
+    ncsn_accumulate(cpu, out.c, a.c, n);
+    ncsn_accumulate(gpu, out.g, a.g, n);
+    compare("accumulate", shape, &out, TOL_EXACT);
+    ncsn_scale_shift(cpu, out.c, a.c, 2.0f, -1.0f, n); /* the models' 2x - 1 */
+    ncsn_scale_shift(gpu, out.g, a.g, 2.0f, -1.0f, n);
+    compare("scale_shift (2x - 1)", shape, &out, TOL_EXACT);
+    ncsn_scale_shift(cpu, out.c, a.c, 0.7f, 0.3f, n);
+    ncsn_scale_shift(gpu, out.g, a.g, 0.7f, 0.3f, n);
+    compare("scale_shift (0.7x + 0.3)", shape, &out, TOL_ULP);
+    ncsn_clamp01(cpu, b.c, n);
+    ncsn_clamp01(gpu, b.g, n);
+    compare("clamp01", shape, &b, TOL_EXACT);
+
+    /* per-example ops: N = 7 examples of 3*5*5 */
+    const int N = 7;
+    const size_t per = 75;
+    int32_t hl[7] = {3, 0, 9, 3, 3, 1, 0};
+    label_pair labels = labels_from_host(hl, N);
+    pair sigmas = pair_random(10, 602, 0.01f, 50.0f), x = pair_random(N * per, 603, -1.0f, 1.0f);
+    pair y = pair_zero(N * per);
+    ncsn_divide_by_sigma(cpu, y.c, x.c, sigmas.c, labels.c, N, per);
+    ncsn_divide_by_sigma(gpu, y.g, x.g, sigmas.g, labels.g, N, per);
+    compare("divide_by_sigma", "7 x 75", &y, TOL_EXACT);
+
+    /* label bias: C = 4 channels, 9 spatial positions, 10 levels, repeated labels */
+    const int C = 4;
+    const size_t spatial = 9;
+    pair table = pair_random(10 * C, 604, -1.0f, 1.0f), h = pair_random((size_t)N * C * spatial, 605, -1.0f, 1.0f);
+    ncsn_label_bias_forward(cpu, h.c, table.c, labels.c, N, C, spatial);
+    ncsn_label_bias_forward(gpu, h.g, table.g, labels.g, N, C, spatial);
+    compare("label_bias_forward (+=)", "7x4x9", &h, TOL_EXACT);
+    pair dtable = pair_random(10 * C, 606, -1.0f, 1.0f);
+    ncsn_label_bias_backward_accumulate(cpu, dtable.c, h.c, labels.c, N, C, spatial);
+    ncsn_label_bias_backward_accumulate(gpu, dtable.g, h.g, labels.g, N, C, spatial);
+    compare("label_bias_backward_accumulate", "7x4x9", &dtable, TOL_REDUCE);
+
+    labels_free(&labels);
+    pair *all[] = {&a, &b, &out, &sigmas, &x, &y, &table, &h, &dtable};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
+}
+
+/* ---- randomness ---- */
+
+static void test_rng(void) {
+    const int N = 3;
+    const size_t per = 3073; /* odd: the last Philox block is partly used */
+    const uint64_t seed = 0xDEADBEEFCAFEF00Dull;
+    pair u = pair_zero(N * per), z = pair_zero(N * per);
+    ncsn_fill_uniform(cpu, u.c, N, per, seed, NCSN_RNG_DEQUANT, 17, 5);
+    ncsn_fill_uniform(gpu, u.g, N, per, seed, NCSN_RNG_DEQUANT, 17, 5);
+    compare("fill_uniform (bit-exact)", "3 x 3073", &u, TOL_EXACT);
+    ncsn_fill_normal(cpu, z.c, N, per, seed, NCSN_RNG_NOISE, 17, 5);
+    ncsn_fill_normal(gpu, z.g, N, per, seed, NCSN_RNG_NOISE, 17, 5);
+    compare("fill_normal", "3 x 3073", &z, TOL_NORMAL);
+    /* A larger batch that includes the same examples must reproduce them. */
+    pair big = pair_zero(5 * per);
+    ncsn_fill_normal(gpu, big.g, 5, per, seed, NCSN_RNG_NOISE, 16, 5);
+    float *a = ncsn_xmalloc(N * per * sizeof(float)), *b = ncsn_xmalloc(5 * per * sizeof(float));
+    ncsn_copy_to_host(gpu, a, z.g, N * per * sizeof(float));
+    ncsn_copy_to_host(gpu, b, big.g, 5 * per * sizeof(float));
+    int same = !memcmp(a, b + per, N * per * sizeof(float));
+    harness_checks++;
+    if (!same) harness_failures++;
+    printf("%-38s %-28s %10s %10s  %-7s %s\n", "fill_normal (batch-independent)", "examples 17..19 of 16..20", "-", "-",
+           "exact", same ? "PASS" : "FAIL");
+    free(a);
+    free(b);
+    pair_free(&u);
+    pair_free(&z);
+    pair_free(&big);
+}
+
+/* ---- the method's kernels ---- */
+
+static void test_loss(int N, size_t per) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "%d x %zu", N, per);
+    int32_t *hl = ncsn_xmalloc((size_t)N * sizeof(int32_t));
+    for (int n = 0; n < N; n++) hl[n] = (n * 7) % 10;
+    label_pair labels = labels_from_host(hl, N);
+    free(hl);
+    pair sigmas = pair_random(10, 700, 0.01f, 50.0f);
+    pair x = pair_random(N * per, 701, 0.0f, 1.0f), z = pair_random(N * per, 702, -3.0f, 3.0f);
+    pair xn = pair_zero(N * per);
+    ncsn_noise_inject(cpu, xn.c, x.c, z.c, sigmas.c, labels.c, N, per);
+    ncsn_noise_inject(gpu, xn.g, x.g, z.g, sigmas.g, labels.g, N, per);
+    compare("noise_inject", shape, &xn, TOL_ULP);
+    pair score = pair_random(N * per, 703, -5.0f, 5.0f), loss = pair_zero(N), dscore = pair_zero(N * per);
+    ncsn_dsm_loss(cpu, loss.c, dscore.c, score.c, z.c, sigmas.c, labels.c, N, per);
+    ncsn_dsm_loss(gpu, loss.g, dscore.g, score.g, z.g, sigmas.g, labels.g, N, per);
+    compare("dsm_loss (loss per example)", shape, &loss, TOL_REDUCE);
+    compare("dsm_loss (dscore)", shape, &dscore, TOL_ULP);
+    ncsn_dsm_loss(cpu, loss.c, NULL, score.c, z.c, sigmas.c, labels.c, N, per);
+    ncsn_dsm_loss(gpu, loss.g, NULL, score.g, z.g, sigmas.g, labels.g, N, per);
+    compare("dsm_loss (no dscore)", shape, &loss, TOL_REDUCE);
+    labels_free(&labels);
+    pair *all[] = {&sigmas, &x, &z, &xn, &score, &loss, &dscore};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
+}
+
+static void test_adam(int amsgrad, float weight_decay) {
+    const size_t n = 50021;
+    char shape[64];
+    snprintf(shape, sizeof shape, "%zu amsgrad=%d wd=%g", n, amsgrad, (double)weight_decay);
+    pair p = pair_random(n, 800, -1.0f, 1.0f), m = pair_zero(n), v = pair_zero(n), vmax = pair_zero(n);
+    ncsn_adam_hparams hp = {.lr = 1e-3f,
+                            .beta1 = 0.9f,
+                            .beta2 = 0.999f,
+                            .eps = 1e-8f,
+                            .weight_decay = weight_decay,
+                            .amsgrad = amsgrad,
+                            .step = 0};
+    for (int t = 1; t <= 3; t++) {
+        pair g = pair_random(n, 801 + (uint32_t)t, -1.0f, 1.0f);
+        hp.step = t;
+        ncsn_adam_step(cpu, p.c, g.c, m.c, v.c, amsgrad ? vmax.c : NULL, n, &hp);
+        ncsn_adam_step(gpu, p.g, g.g, m.g, v.g, amsgrad ? vmax.g : NULL, n, &hp);
+        pair_free(&g);
+    }
+    compare("adam_step x3 (params)", shape, &p, TOL_ULP);
+    compare("adam_step x3 (m)", shape, &m, TOL_ULP);
+    compare("adam_step x3 (v)", shape, &v, TOL_ULP);
+    if (amsgrad) compare("adam_step x3 (vmax)", shape, &vmax, TOL_ULP);
+    pair_free(&p);
+    pair_free(&m);
+    pair_free(&v);
+    pair_free(&vmax);
+}
+
+static void test_sampler_steps(void) {
+    const int N = 4;
+    const size_t per = 3 * 32 * 32;
+    pair x = pair_random(N * per, 900, 0.0f, 1.0f), score = pair_random(N * per, 901, -10.0f, 10.0f);
+    ncsn_langevin_step(cpu, x.c, score.c, N, per, 3.3e-6f, 42, 100, 7);
+    ncsn_langevin_step(gpu, x.g, score.g, N, per, 3.3e-6f, 42, 100, 7);
+    compare("langevin_step", "4x3x32x32", &x, TOL_ULP);
+    ncsn_denoise_step(cpu, x.c, score.c, N * per, 1e-4f);
+    ncsn_denoise_step(gpu, x.g, score.g, N * per, 1e-4f);
+    compare("denoise_step", "4x3x32x32", &x, TOL_ULP);
+    pair shadow = pair_random(N * per, 902, -1.0f, 1.0f);
+    ncsn_ema_update(cpu, shadow.c, x.c, N * per, 0.999f);
+    ncsn_ema_update(gpu, shadow.g, x.g, N * per, 0.999f);
+    compare("ema_update", "12288", &shadow, TOL_ULP);
+    pair_free(&x);
+    pair_free(&score);
+    pair_free(&shadow);
+}
+
+static void test_gemm_and_norm(int M, int Nc, int K) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%d . %dx%d^T", M, K, Nc, K);
+    pair A = pair_random((size_t)M * K, 1000, 0.0f, 1.0f), B = pair_random((size_t)Nc * K, 1001, 0.0f, 1.0f);
+    pair Cm = pair_zero((size_t)M * Nc);
+    ncsn_gemm_nt(cpu, Cm.c, A.c, B.c, M, Nc, K);
+    ncsn_gemm_nt(gpu, Cm.g, A.g, B.g, M, Nc, K);
+    compare("gemm_nt", shape, &Cm, TOL_GEMM);
+    pair sum = pair_zero(1);
+    ncsn_sum_squares(cpu, sum.c, A.c, (size_t)M * K);
+    ncsn_sum_squares(gpu, sum.g, A.g, (size_t)M * K);
+    snprintf(shape, sizeof shape, "%zu", (size_t)M * K);
+    compare("sum_squares", shape, &sum, TOL_REDUCE);
+    pair_free(&A);
+    pair_free(&B);
+    pair_free(&Cm);
+    pair_free(&sum);
+}
+
+/* Every entry of the op table is set (a NULL would crash the first model that calls it). */
+static void test_table_complete(const ncsn_backend *be) {
+    const ncsn_backend_ops *o = be->ops;
+    size_t count = 0, missing = 0;
+#define ENTRY(op) (count++, missing += o->op == NULL)
+    ENTRY(alloc); ENTRY(free); ENTRY(memset_zero); ENTRY(copy_to_device); ENTRY(copy_to_host); ENTRY(copy);
+    ENTRY(synchronize); ENTRY(conv2d_forward); ENTRY(conv2d_backward_data);
+    ENTRY(conv2d_backward_weights_accumulate); ENTRY(instance_norm_plus_forward); ENTRY(instance_norm_plus_backward);
+    ENTRY(elu_forward); ENTRY(elu_backward); ENTRY(mean_pool2_forward); ENTRY(mean_pool2_backward);
+    ENTRY(avg_pool5_forward); ENTRY(avg_pool5_backward); ENTRY(max_pool5_forward); ENTRY(max_pool5_backward);
+    ENTRY(resize_bilinear_forward); ENTRY(resize_bilinear_backward); ENTRY(add); ENTRY(accumulate);
+    ENTRY(scale_shift); ENTRY(divide_by_sigma); ENTRY(clamp01); ENTRY(label_bias_forward);
+    ENTRY(label_bias_backward_accumulate); ENTRY(fill_normal); ENTRY(fill_uniform); ENTRY(noise_inject);
+    ENTRY(dsm_loss); ENTRY(adam_step); ENTRY(ema_update); ENTRY(langevin_step); ENTRY(denoise_step); ENTRY(gemm_nt);
+    ENTRY(sum_squares);
+#undef ENTRY
+    harness_checks++;
+    if (missing) harness_failures++;
+    char shape[32];
+    snprintf(shape, sizeof shape, "%zu entries", count);
+    printf("%-38s %-28s %10zu %10s  %-7s %s\n", "op table complete (NULL entries)", shape, missing, "-", "exact",
+           missing ? "FAIL" : "PASS");
+}
+
+int main(void) {
+    char err[512] = {0};
+    int cpu_pair = getenv("NCSN_TEST_GPU_CPU_PAIR") && !strcmp(getenv("NCSN_TEST_GPU_CPU_PAIR"), "1");
+    gpu = cpu_pair ? ncsn_cpu_backend_create(err, sizeof err) : ncsn_cuda_backend_create(err, sizeof err);
+    if (!gpu) {
+        printf("test-gpu: skipped: %s\n", err);
+        return 0;
+    }
+    cpu = ncsn_cpu_backend_create(err, sizeof err);
+    if (!cpu) ncsn_die("cannot create the CPU backend: %s", err);
+    /* Strict fp32 and deterministic algorithms on both sides: the comparison must not
+     * depend on which engine the heuristics happen to rank first. */
+    cpu->precision = gpu->precision = NCSN_PRECISION_FP32;
+    gpu->deterministic = 1;
+    printf("test-gpu: %s backend vs cpu backend%s\n", gpu->ops->name,
+           cpu_pair ? " (NCSN_TEST_GPU_CPU_PAIR=1: checking the test itself)" : "");
+    printf("%-38s %-28s %10s %10s  %-7s %s\n", "op", "shape", "max abs", "/max|cpu|", "tol", "result");
+
+    test_table_complete(gpu);
+    test_memory();
+
+    /* CIFAR-10 NCSNv2 (ngf 128): begin conv, residual convs at 32x32, the down path, the
+     * dilated 8x8 stages, a 1x1 shortcut, the end conv; MNIST v1 first conv; odd shapes. */
+    const ncsn_conv_desc convs[] = {
+        {2, 3, 32, 32, 128, 3, 1, 1}, {2, 128, 32, 32, 128, 3, 1, 1}, {2, 128, 16, 16, 256, 3, 1, 1},
+        {2, 256, 8, 8, 256, 3, 2, 1}, {2, 256, 8, 8, 256, 3, 4, 0},   {2, 128, 16, 16, 256, 1, 1, 1},
+        {2, 128, 32, 32, 3, 3, 1, 1}, {2, 1, 28, 28, 8, 3, 1, 1},     {3, 5, 7, 9, 6, 3, 3, 1},
+        {1, 1, 5, 5, 1, 1, 1, 0},     {2, 7, 11, 6, 4, 3, 2, 0},
+    };
+    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++) test_conv(convs[i], 0);
+    test_conv(convs[8], 1); /* 4-byte aligned tensors */
+    test_conv(convs[1], 1);
+    test_conv_tf32(convs[1]);
+
+    const int32_t shared_labels[4] = {2, 0, 2, 2}; /* examples 0, 2 and 3 share a row */
+    test_in_plus(2, 128, 32, 32, 0, NULL);
+    test_in_plus(2, 256, 8, 8, 0, NULL);
+    test_in_plus(4, 8, 7, 9, 5, shared_labels);
+    test_in_plus(3, 1, 28, 28, 3, shared_labels); /* C == 1: no channel-means term */
+    test_in_plus(1, 3, 5, 5, 0, NULL);
+
+    test_elu(2 * 128 * 32 * 32);
+    test_elu(7);
+
+    test_pools(2, 128, 32, 32, 0);
+    test_pools(3, 5, 7, 9, 0);
+    test_pools(1, 2, 3, 2, 0); /* planes smaller than the 5x5 window */
+    test_pools(2, 3, 10, 12, 1);
+
+    test_resize(2, 128, 8, 8, 16, 16);
+    test_resize(2, 128, 16, 16, 32, 32);
+    test_resize(2, 4, 8, 8, 8, 8); /* same size: an exact identity */
+    test_resize(3, 5, 7, 9, 13, 4);
+    test_resize(1, 2, 1, 5, 3, 1);
+
+    test_elementwise();
+    test_rng();
+    test_loss(8, 3 * 32 * 32);
+    test_loss(3, 1);
+    test_adam(0, 0.0f);
+    test_adam(1, 1e-4f);
+    test_sampler_steps();
+    test_gemm_and_norm(37, 29, 3072);
+    test_gemm_and_norm(128, 128, 784);
+
+    ncsn_backend_destroy(gpu);
+    ncsn_backend_destroy(cpu);
+    return harness_finish("test_gpu_ops");
+}
