@@ -109,7 +109,7 @@ static inline NCSN_HD float ncsn_logit_element(float x) {
     return logf(y) - log1pf(-y);
 }
 
-static inline NCSN_HD float ncsn_clamp01(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+static inline NCSN_HD float ncsn_clamp01_element(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 
 /* InstanceNorm++ output for one element, given the per-(n,c) statistics:
  *   h = (x - mean) * rstd + alpha * mhat;  out = gamma * h + beta. */

@@ -62,7 +62,7 @@ static __global__ void divide_by_sigma_kernel(float *out, const float *x, const 
 /* The parentheses around the name stop backend.h's op macro ncsn_clamp01(be, ...) from
  * swallowing the call to element_math.h's function of the same name. */
 static __global__ void clamp01_kernel(float *x, size_t n) {
-    NCSN_CUDA_GRID_STRIDE_LOOP(i, n) x[i] = (ncsn_clamp01)(x[i]);
+    NCSN_CUDA_GRID_STRIDE_LOOP(i, n) x[i] = ncsn_clamp01_element(x[i]);
 }
 
 extern "C" void ncsn_cuda_add(cudaStream_t stream, float *out, const float *a, const float *b, size_t n) {

@@ -1,0 +1,186 @@
+/* bench_ops.c: GFLOP/s of the CPU backend's convolutions on the CIFAR-10 model's 3x3 layers.
+ *
+ * The NCSN v1 / NCSNv2 CIFAR-10 networks spend their time in 3x3 convolutions with
+ * C = K = 128 at 32x32 and C = K = 256 at 16x16 (dilations 1, 2, 4 in the dilated stages).
+ * For each, at N = 32: forward, backward-data and backward-weights, timed as one warm-up
+ * call (primitive creation, first touch) then the median of RUNS calls. FLOPs are
+ * 2 * MACs = 2 * N * K * C * 9 * H * W (padding taps counted, as everyone reports them).
+ *
+ * The peer: bench/torch_ops.py runs the same convolutions in PyTorch (2 threads); when
+ * /usr/bin/python3 and that script are present this program runs it right after timing
+ * each convolution itself (so both see the same load on a shared machine) and prints the
+ * engine / torch ratio per line. The FP32 peak printed is an ESTIMATE: cores x 32 FLOP per
+ * cycle (Zen 4 / AVX-512 executed as two 256-bit FMA pipes: 2 x 8 lanes x 2) x the clock
+ * /proc/cpuinfo reports (boost clocks make the true peak higher).
+ *
+ * Usage: build-cpu/bench/bench_ops [runs]   (NCSN_CPU_CONV_LAYOUT=any|nchw|nhwc selects the
+ * primitives' layout, see host/cpu_internal.h; NCSN_BENCH_NO_TORCH=1 skips the peer).
+ */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/rng_math.h"
+#include "ncsn/backend.h"
+
+typedef struct {
+    const char *name;
+    int C, H, dilation;
+} bench_conv;
+
+/* Keep in sync with CONVS in bench/torch_ops.py. */
+static const bench_conv convs[] = {
+    {"128ch@32x32_d1", 128, 32, 1}, {"256ch@16x16_d1", 256, 16, 1}, {"256ch@16x16_d2", 256, 16, 2},
+    {"256ch@16x16_d4", 256, 16, 4}};
+enum { NCONV = sizeof convs / sizeof convs[0], NDIR = 3, BATCH = 32 };
+static const char *dir_names[NDIR] = {"forward", "backward_data", "backward_weights"};
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* First "cpu MHz" of /proc/cpuinfo, 0 if unknown. */
+static double cpu_mhz(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return 0.0;
+    char line[256];
+    double mhz = 0.0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "cpu MHz", 7)) {
+            const char *colon = strchr(line, ':');
+            if (colon) mhz = atof(colon + 1);
+            break;
+        }
+    fclose(f);
+    return mhz;
+}
+
+/* 1-minute load average: on a shared 2-core machine other jobs depress every number. */
+static double load_average(void) {
+    double load = -1.0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &load) != 1) load = -1.0;
+        fclose(f);
+    }
+    return load;
+}
+
+static void fill(float *p, size_t n, uint32_t stream, float scale) {
+    for (size_t i = 0; i < n; i++) p[i] = scale * (2.0f * ncsn_rng_uniform(1, NCSN_RNG_TOY, stream, 0, i) - 1.0f);
+}
+
+static int torch_available(void) {
+    return !getenv("NCSN_BENCH_NO_TORCH") && !access("/usr/bin/python3", X_OK) && !access("bench/torch_ops.py", R_OK);
+}
+
+/* Runs the peer for one convolution; fills torch_gflops[dir] (0 where it did not report). */
+static void run_torch(int runs, const char *conv_name, double torch_gflops[NDIR]) {
+    memset(torch_gflops, 0, sizeof(double) * NDIR);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 bench/torch_ops.py %d %s", runs, conv_name);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        printf("torch peer: popen failed\n");
+        return;
+    }
+    char line[256], name[64], dir[64];
+    double ms, gflops;
+    int got = 0;
+    while (fgets(line, sizeof line, p)) {
+        if (sscanf(line, "conv %63s %63s %lf %lf", name, dir, &ms, &gflops) != 4 || strcmp(name, conv_name)) continue;
+        for (int d = 0; d < NDIR; d++)
+            if (!strcmp(dir, dir_names[d])) {
+                torch_gflops[d] = gflops;
+                got++;
+            }
+    }
+    int status = pclose(p);
+    if (status != 0 || got != NDIR)
+        printf("torch peer: exited with status %d after %d of %d results for %s\n", status, got, NDIR, conv_name);
+}
+
+int main(int argc, char **argv) {
+    int runs = argc > 1 ? atoi(argv[1]) : 5;
+    if (runs < 1) runs = 1;
+    char err[256];
+    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    if (!be) {
+        fprintf(stderr, "bench_ops: cannot create the CPU backend: %s\n", err);
+        return 1;
+    }
+    int threads = omp_get_max_threads();
+    double mhz = cpu_mhz(), peak = threads * 32.0 * mhz * 1e-3;
+    const char *layout = getenv("NCSN_CPU_CONV_LAYOUT");
+    printf("bench_ops: CPU backend, %d threads, conv layout %s, N = %d, median of %d runs after 1 warm-up\n", threads,
+           layout && *layout ? layout : "any", BATCH, runs);
+    printf("load average at start: %.2f (%s)\n", load_average(),
+           load_average() > threads ? "BUSY: other jobs share the cores, numbers are depressed" : "quiet enough");
+    if (mhz > 0)
+        printf("FP32 peak estimate: %d cores x 32 FLOP/cycle x %.0f MHz = %.0f GFLOP/s (estimate: nominal clock)\n",
+               threads, mhz, peak);
+
+    int with_torch = torch_available();
+    if (!with_torch)
+        printf("torch peer: skipped (needs /usr/bin/python3 and bench/torch_ops.py, run from the repository root)\n");
+    double engine_gflops[NCONV][NDIR], engine_ms[NCONV][NDIR], torch_gflops[NCONV][NDIR];
+    memset(torch_gflops, 0, sizeof torch_gflops);
+    for (int c = 0; c < NCONV; c++) {
+        const bench_conv *bc = &convs[c];
+        ncsn_conv_desc d = {BATCH, bc->C, bc->H, bc->H, bc->C, 3, bc->dilation, 1};
+        size_t nact = (size_t)BATCH * bc->C * bc->H * bc->H, nw = (size_t)bc->C * bc->C * 9;
+        float *x = ncsn_alloc(be, nact * sizeof(float)), *y = ncsn_alloc(be, nact * sizeof(float));
+        float *dy = ncsn_alloc(be, nact * sizeof(float)), *dx = ncsn_alloc(be, nact * sizeof(float));
+        float *w = ncsn_alloc(be, nw * sizeof(float)), *dw = ncsn_alloc(be, nw * sizeof(float));
+        float *b = ncsn_alloc(be, bc->C * sizeof(float)), *db = ncsn_alloc(be, bc->C * sizeof(float));
+        fill(x, nact, 1, 1.0f);
+        fill(dy, nact, 2, 1.0f);
+        fill(w, nw, 3, 0.03f);
+        fill(b, bc->C, 4, 0.1f);
+        double flops = 2.0 * BATCH * bc->C * bc->C * 9.0 * bc->H * bc->H;
+        for (int dir = 0; dir < NDIR; dir++) {
+            double *times = malloc(sizeof(double) * (size_t)runs);
+            for (int r = -1; r < runs; r++) {
+                double t0 = now_ms();
+                if (dir == 0) ncsn_conv2d_forward(be, y, x, w, b, &d);
+                if (dir == 1) ncsn_conv2d_backward_data(be, dx, dy, w, &d, 0);
+                if (dir == 2) ncsn_conv2d_backward_weights_accumulate(be, dw, db, x, dy, &d);
+                ncsn_synchronize(be);
+                if (r >= 0) times[r] = now_ms() - t0;
+            }
+            qsort(times, (size_t)runs, sizeof(double), cmp_double);
+            engine_ms[c][dir] = times[runs / 2];
+            engine_gflops[c][dir] = flops / (engine_ms[c][dir] * 1e-3) * 1e-9;
+            free(times);
+        }
+        ncsn_free(be, x); ncsn_free(be, y); ncsn_free(be, dy); ncsn_free(be, dx);
+        ncsn_free(be, w); ncsn_free(be, dw); ncsn_free(be, b); ncsn_free(be, db);
+        if (with_torch) run_torch(runs, bc->name, torch_gflops[c]);
+    }
+    ncsn_cpu_backend_destroy(be);
+
+    printf("%-16s %-17s %9s %9s %8s %9s %8s\n", "conv (N=32)", "direction", "ms", "GFLOP/s", "of peak", "torch", "ratio");
+    for (int c = 0; c < NCONV; c++)
+        for (int dir = 0; dir < NDIR; dir++) {
+            char peak_frac[16] = "-", torch_col[16] = "-", ratio[16] = "-";
+            if (peak > 0) snprintf(peak_frac, sizeof peak_frac, "%.0f%%", 100.0 * engine_gflops[c][dir] / peak);
+            if (torch_gflops[c][dir] > 0) {
+                snprintf(torch_col, sizeof torch_col, "%.1f", torch_gflops[c][dir]);
+                snprintf(ratio, sizeof ratio, "%.2fx", engine_gflops[c][dir] / torch_gflops[c][dir]);
+            }
+            printf("%-16s %-17s %9.2f %9.1f %8s %9s %8s\n", convs[c].name, dir_names[dir], engine_ms[c][dir],
+                   engine_gflops[c][dir], peak_frac, torch_col, ratio);
+        }
+    printf("load average at end: %.2f\n", load_average());
+    return 0;
+}

@@ -1,0 +1,433 @@
+/* cpu_conv.c: the CPU backend's convolutions (oneDNN 2.6, v2 C API) and gemm_nt (dnnl_sgemm).
+ *
+ * Each distinct ncsn_conv_desc gets one cache entry holding, per direction (forward,
+ * backward-data, backward-weights), a primitive descriptor, the primitive, and cached
+ * reorder primitives between the user's plain NCHW / OIHW tensors and the layout the
+ * primitive chose. Primitives are created on first use and reused on every later call;
+ * a call only points memory objects at this call's buffers and executes.
+ *
+ * Layout: with CPU_CONV_LAYOUT_ANY the primitive picks its layout (format_tag_any); on
+ * AVX-512 that is the blocked nChw16c / OIhw16i16o family, which is faster than plain NCHW
+ * or NHWC even after paying for the reorders of activations in and out of each call (the
+ * measurements are summarised at cpu_conv_layout in cpu_internal.h; bench/bench_ops).
+ *
+ * Accumulation: activation gradients with `accumulate` and every parameter gradient are
+ * computed into a scratch buffer and added to the user's tensor by a reorder primitive
+ * with a sum post-op (dst = reorder(src) + dst), which also does the layout change; the
+ * K-float bias gradient is staged and added by a loop.
+ *
+ * Numerics: strict fp32, algorithm `convolution_direct` (no Winograd, whose transforms
+ * change the rounding). Padding is "same": dilation * (ksize / 2) on every side, and
+ * oneDNN counts dilation from 0 (PyTorch dilation d is oneDNN d - 1).
+ */
+#include <string.h>
+
+#include "host/cpu_internal.h"
+
+#if DNNL_VERSION_MAJOR != 2
+#error "cpu_conv.c uses the oneDNN v2 C API (dnnl_*_desc_init); oneDNN 3 renamed these calls"
+#endif
+
+enum { DIR_FORWARD = 0, DIR_BACKWARD_DATA = 1, DIR_BACKWARD_WEIGHTS = 2, DIR_COUNT = 3 };
+
+/* One tensor argument of a primitive: the user's plain layout, the primitive's layout,
+ * and the reorders between them (NULL where not needed). */
+typedef struct {
+    dnnl_memory_desc_t user_md, prim_md;
+    int reorder;                    /* prim_md differs from user_md */
+    dnnl_primitive_t to_prim;       /* user -> primitive layout (inputs) */
+    dnnl_primitive_t from_prim;     /* primitive -> user, overwrite (outputs) */
+    dnnl_primitive_t from_prim_sum; /* primitive -> user, user += (accumulating outputs) */
+    dnnl_memory_t user_mem, prim_mem;
+} conv_arg;
+
+/* Argument slots; their meaning per direction:
+ *   forward:          SRC = in,  WEIGHTS = w,  DST = out,  BIAS = b
+ *   backward-data:    SRC = din (output), WEIGHTS = w, DST = dout
+ *   backward-weights: SRC = in,  WEIGHTS = dw (output), DST = dout, BIAS = db (output) */
+enum { ARG_SRC = 0, ARG_WEIGHTS = 1, ARG_DST = 2, ARG_BIAS = 3, ARG_COUNT = 4 };
+
+typedef struct {
+    int ready;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    dnnl_memory_t scratchpad_mem;
+    size_t scratchpad_bytes;
+    conv_arg args[ARG_COUNT];
+} conv_direction;
+
+struct cpu_conv_entry {
+    ncsn_conv_desc desc;
+    conv_direction dir[DIR_COUNT];
+};
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static int conv_desc_equal(const ncsn_conv_desc *a, const ncsn_conv_desc *b) {
+    return a->N == b->N && a->C == b->C && a->H == b->H && a->W == b->W && a->K == b->K &&
+           a->ksize == b->ksize && a->dilation == b->dilation && !!a->has_bias == !!b->has_bias;
+}
+
+static void conv_desc_check(const ncsn_conv_desc *d, const char *op) {
+    NCSN_CHECKF(d->N > 0 && d->C > 0 && d->H > 0 && d->W > 0 && d->K > 0,
+                "%s: bad sizes N=%d C=%d H=%d W=%d K=%d", op, d->N, d->C, d->H, d->W, d->K);
+    NCSN_CHECKF(d->ksize == 1 || d->ksize == 3, "%s: ksize %d (expected 1 or 3)", op, d->ksize);
+    NCSN_CHECKF(d->dilation >= 1, "%s: dilation %d (PyTorch convention, >= 1)", op, d->dilation);
+}
+
+static dnnl_memory_desc_t plain_md(int ndims, const dnnl_dim_t *dims, dnnl_format_tag_t tag) {
+    dnnl_memory_desc_t md;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, ndims, dims, dnnl_f32, tag));
+    return md;
+}
+
+static dnnl_primitive_t make_reorder(cpu_backend_impl *impl, const dnnl_memory_desc_t *from,
+                                     const dnnl_memory_desc_t *to, int sum) {
+    dnnl_primitive_attr_t attr = NULL;
+    if (sum) {
+        dnnl_post_ops_t post_ops;
+        DNNL_CHECK(dnnl_post_ops_create(&post_ops));
+        DNNL_CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f));
+        DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops));
+        DNNL_CHECK(dnnl_post_ops_destroy(post_ops));
+    }
+    dnnl_primitive_desc_t pd;
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, impl->engine, to, impl->engine, attr));
+    dnnl_primitive_t prim;
+    DNNL_CHECK(dnnl_primitive_create(&prim, pd));
+    DNNL_CHECK(dnnl_primitive_desc_destroy(pd));
+    if (attr) DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    return prim;
+}
+
+/* Sets up one argument. `is_output`: the primitive writes it; `sum`: the user tensor is
+ * accumulated into (only for outputs). */
+static void conv_arg_init(cpu_backend_impl *impl, conv_arg *a, const dnnl_memory_desc_t *user_md,
+                          const dnnl_memory_desc_t *prim_md, int is_output, int sum) {
+    memset(a, 0, sizeof *a);
+    a->user_md = *user_md;
+    a->prim_md = *prim_md;
+    a->reorder = !dnnl_memory_desc_equal(user_md, prim_md);
+    DNNL_CHECK(dnnl_memory_create(&a->user_mem, &a->user_md, impl->engine, DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&a->prim_mem, &a->prim_md, impl->engine, DNNL_MEMORY_NONE));
+    if (!is_output) {
+        if (a->reorder) a->to_prim = make_reorder(impl, &a->user_md, &a->prim_md, 0);
+        return;
+    }
+    if (a->reorder) a->from_prim = make_reorder(impl, &a->prim_md, &a->user_md, 0);
+    /* Same layout too: a plain reorder with sum is simply user += scratch. */
+    if (sum) a->from_prim_sum = make_reorder(impl, &a->prim_md, &a->user_md, 1);
+}
+
+static void conv_arg_destroy(conv_arg *a) {
+    if (a->to_prim) DNNL_CHECK(dnnl_primitive_destroy(a->to_prim));
+    if (a->from_prim) DNNL_CHECK(dnnl_primitive_destroy(a->from_prim));
+    if (a->from_prim_sum) DNNL_CHECK(dnnl_primitive_destroy(a->from_prim_sum));
+    if (a->user_mem) DNNL_CHECK(dnnl_memory_destroy(a->user_mem));
+    if (a->prim_mem) DNNL_CHECK(dnnl_memory_destroy(a->prim_mem));
+}
+
+static void exec_reorder(cpu_backend_impl *impl, dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    DNNL_CHECK(dnnl_primitive_execute(reorder, impl->stream, 2, args));
+}
+
+/* Input: points the primitive's memory at the user's tensor, or reorders it into `buf`. */
+static void stage_input(cpu_backend_impl *impl, conv_arg *a, const float *user, cpu_scratch *buf) {
+    if (!a->reorder) {
+        DNNL_CHECK(dnnl_memory_set_data_handle(a->prim_mem, (void *)user));
+        return;
+    }
+    DNNL_CHECK(dnnl_memory_set_data_handle(a->user_mem, (void *)user));
+    void *scratch = cpu_scratch_reserve(buf, dnnl_memory_desc_get_size(&a->prim_md));
+    DNNL_CHECK(dnnl_memory_set_data_handle(a->prim_mem, scratch));
+    exec_reorder(impl, a->to_prim, a->user_mem, a->prim_mem);
+}
+
+/* Output, before the primitive runs: write straight into the user's tensor when that
+ * is possible (same layout, overwrite), else into `buf`. */
+static void prepare_output(conv_arg *a, float *user, cpu_scratch *buf, int accumulate) {
+    if (!a->reorder && !accumulate) {
+        DNNL_CHECK(dnnl_memory_set_data_handle(a->prim_mem, user));
+        return;
+    }
+    void *scratch = cpu_scratch_reserve(buf, dnnl_memory_desc_get_size(&a->prim_md));
+    DNNL_CHECK(dnnl_memory_set_data_handle(a->prim_mem, scratch));
+}
+
+/* Output, after the primitive ran: bring the result into the user's tensor. */
+static void finish_output(cpu_backend_impl *impl, conv_arg *a, float *user, int accumulate) {
+    if (!a->reorder && !accumulate) return;
+    DNNL_CHECK(dnnl_memory_set_data_handle(a->user_mem, user));
+    exec_reorder(impl, accumulate ? a->from_prim_sum : a->from_prim, a->prim_mem, a->user_mem);
+}
+
+static const dnnl_memory_desc_t *query_md(dnnl_primitive_desc_t pd, dnnl_query_t what) {
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, what, 0);
+    NCSN_CHECKF(md != NULL, "oneDNN: primitive descriptor has no memory descriptor for query %d", (int)what);
+    return md;
+}
+
+/* The bias arguments: oneDNN reports bias as the second weights tensor (index 1). */
+static const dnnl_memory_desc_t *query_bias_md(dnnl_primitive_desc_t pd, dnnl_query_t what) {
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, what, 1);
+    NCSN_CHECKF(md != NULL && md->ndims == 1, "oneDNN: convolution has no bias memory descriptor");
+    return md;
+}
+
+/* ---- primitive construction ---------------------------------------------------------- */
+
+typedef struct {
+    dnnl_dims_t src, wei, bias, dst;
+    dnnl_dims_t strides, dilates, pad; /* oneDNN reads these as dnnl_dims_t */
+    dnnl_memory_desc_t user_src, user_wei, user_bias, user_dst;    /* plain NCHW / OIHW / x */
+    dnnl_memory_desc_t any_src, any_wei, any_bias, any_dst;        /* what the primitive may pick */
+} conv_shapes;
+
+static void conv_shapes_init(const cpu_backend_impl *impl, const ncsn_conv_desc *d, conv_shapes *s) {
+    s->src[0] = d->N; s->src[1] = d->C; s->src[2] = d->H; s->src[3] = d->W;
+    s->wei[0] = d->K; s->wei[1] = d->C; s->wei[2] = d->ksize; s->wei[3] = d->ksize;
+    s->bias[0] = d->K;
+    s->dst[0] = d->N; s->dst[1] = d->K; s->dst[2] = d->H; s->dst[3] = d->W;
+    s->strides[0] = s->strides[1] = 1;
+    s->dilates[0] = s->dilates[1] = d->dilation - 1;               /* oneDNN counts from 0 */
+    s->pad[0] = s->pad[1] = (dnnl_dim_t)d->dilation * (d->ksize / 2); /* "same" */
+    s->user_src = plain_md(4, s->src, dnnl_nchw);
+    s->user_wei = plain_md(4, s->wei, dnnl_oihw);
+    s->user_bias = plain_md(1, s->bias, dnnl_x);
+    s->user_dst = plain_md(4, s->dst, dnnl_nchw);
+    dnnl_format_tag_t act = impl->layout == CPU_CONV_LAYOUT_NCHW   ? dnnl_nchw
+                            : impl->layout == CPU_CONV_LAYOUT_NHWC ? dnnl_nhwc
+                                                                   : dnnl_format_tag_any;
+    s->any_src = plain_md(4, s->src, act);
+    s->any_wei = plain_md(4, s->wei, dnnl_format_tag_any);
+    s->any_bias = plain_md(1, s->bias, dnnl_format_tag_any);
+    s->any_dst = plain_md(4, s->dst, act);
+}
+
+/* Primitive descriptor with a user-managed scratchpad (one shared buffer, grown to the
+ * largest primitive's need, instead of one allocation per primitive). */
+static dnnl_primitive_desc_t create_pd(cpu_backend_impl *impl, const dnnl_convolution_desc_t *cd,
+                                       const_dnnl_primitive_desc_t hint) {
+    dnnl_primitive_attr_t attr;
+    DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+    DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    dnnl_primitive_desc_t pd;
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, cd, attr, impl->engine, hint));
+    DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    return pd;
+}
+
+static void direction_finish(cpu_backend_impl *impl, conv_direction *dir) {
+    DNNL_CHECK(dnnl_primitive_create(&dir->prim, dir->pd));
+    const dnnl_memory_desc_t *scratch_md = query_md(dir->pd, dnnl_query_scratchpad_md);
+    dir->scratchpad_bytes = dnnl_memory_desc_get_size(scratch_md);
+    DNNL_CHECK(dnnl_memory_create(&dir->scratchpad_mem, scratch_md, impl->engine, DNNL_MEMORY_NONE));
+    dir->ready = 1;
+}
+
+static void build_forward(cpu_backend_impl *impl, cpu_conv_entry *e) {
+    conv_shapes s;
+    conv_shapes_init(impl, &e->desc, &s);
+    dnnl_convolution_desc_t cd;
+    DNNL_CHECK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
+                                                          &s.any_src, &s.any_wei,
+                                                          e->desc.has_bias ? &s.any_bias : NULL, &s.any_dst,
+                                                          s.strides, s.dilates, s.pad, s.pad));
+    conv_direction *dir = &e->dir[DIR_FORWARD];
+    dir->pd = create_pd(impl, &cd, NULL);
+    conv_arg_init(impl, &dir->args[ARG_SRC], &s.user_src, query_md(dir->pd, dnnl_query_src_md), 0, 0);
+    conv_arg_init(impl, &dir->args[ARG_WEIGHTS], &s.user_wei, query_md(dir->pd, dnnl_query_weights_md), 0, 0);
+    conv_arg_init(impl, &dir->args[ARG_DST], &s.user_dst, query_md(dir->pd, dnnl_query_dst_md), 1, 0);
+    if (e->desc.has_bias)
+        conv_arg_init(impl, &dir->args[ARG_BIAS], &s.user_bias, query_bias_md(dir->pd, dnnl_query_weights_md), 0, 0);
+    direction_finish(impl, dir);
+}
+
+static void build_backward_data(cpu_backend_impl *impl, cpu_conv_entry *e) {
+    conv_shapes s;
+    conv_shapes_init(impl, &e->desc, &s);
+    dnnl_convolution_desc_t cd;
+    DNNL_CHECK(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &s.any_src,
+                                                                &s.any_wei, &s.any_dst, s.strides, s.dilates,
+                                                                s.pad, s.pad));
+    conv_direction *dir = &e->dir[DIR_BACKWARD_DATA];
+    dir->pd = create_pd(impl, &cd, e->dir[DIR_FORWARD].pd);
+    conv_arg_init(impl, &dir->args[ARG_SRC], &s.user_src, query_md(dir->pd, dnnl_query_diff_src_md), 1, 1);
+    conv_arg_init(impl, &dir->args[ARG_WEIGHTS], &s.user_wei, query_md(dir->pd, dnnl_query_weights_md), 0, 0);
+    conv_arg_init(impl, &dir->args[ARG_DST], &s.user_dst, query_md(dir->pd, dnnl_query_diff_dst_md), 0, 0);
+    direction_finish(impl, dir);
+}
+
+static void build_backward_weights(cpu_backend_impl *impl, cpu_conv_entry *e) {
+    conv_shapes s;
+    conv_shapes_init(impl, &e->desc, &s);
+    dnnl_convolution_desc_t cd;
+    DNNL_CHECK(dnnl_dilated_convolution_backward_weights_desc_init(
+        &cd, dnnl_convolution_direct, &s.any_src, &s.any_wei, e->desc.has_bias ? &s.any_bias : NULL, &s.any_dst,
+        s.strides, s.dilates, s.pad, s.pad));
+    conv_direction *dir = &e->dir[DIR_BACKWARD_WEIGHTS];
+    dir->pd = create_pd(impl, &cd, e->dir[DIR_FORWARD].pd);
+    conv_arg_init(impl, &dir->args[ARG_SRC], &s.user_src, query_md(dir->pd, dnnl_query_src_md), 0, 0);
+    conv_arg_init(impl, &dir->args[ARG_WEIGHTS], &s.user_wei, query_md(dir->pd, dnnl_query_diff_weights_md), 1, 1);
+    conv_arg_init(impl, &dir->args[ARG_DST], &s.user_dst, query_md(dir->pd, dnnl_query_diff_dst_md), 0, 0);
+    if (e->desc.has_bias) {
+        /* K floats, plain: staged in a scratch buffer and added by a serial loop (a reorder
+         * with a sum post-op would be one more parallel region for a few hundred adds). */
+        const dnnl_memory_desc_t *bias_md = query_bias_md(dir->pd, dnnl_query_diff_weights_md);
+        NCSN_CHECKF(dnnl_memory_desc_equal(bias_md, &s.user_bias), "oneDNN chose a non-plain diff_bias layout");
+        conv_arg_init(impl, &dir->args[ARG_BIAS], &s.user_bias, bias_md, 1, 0);
+    }
+    direction_finish(impl, dir);
+}
+
+static cpu_conv_entry *conv_lookup(cpu_backend_impl *impl, const ncsn_conv_desc *d, int direction) {
+    cpu_conv_entry *e = NULL;
+    for (int i = 0; i < impl->conv_cache_count; i++)
+        if (conv_desc_equal(&impl->conv_cache[i].desc, d)) e = &impl->conv_cache[i];
+    if (!e) {
+        if (impl->conv_cache_count == impl->conv_cache_capacity) {
+            /* No pointer to an entry outlives one op call, so the entries may move; the
+             * oneDNN handles inside them are pointers and move with them. */
+            int cap = impl->conv_cache_capacity ? 2 * impl->conv_cache_capacity : 16;
+            cpu_conv_entry *grown = ncsn_xcalloc((size_t)cap, sizeof *grown);
+            if (impl->conv_cache_count) memcpy(grown, impl->conv_cache, (size_t)impl->conv_cache_count * sizeof *grown);
+            free(impl->conv_cache);
+            impl->conv_cache = grown;
+            impl->conv_cache_capacity = cap;
+        }
+        e = &impl->conv_cache[impl->conv_cache_count++];
+        memset(e, 0, sizeof *e);
+        e->desc = *d;
+        e->desc.has_bias = !!d->has_bias;
+        build_forward(impl, e); /* also the hint for both backward directions */
+    }
+    if (!e->dir[direction].ready) {
+        if (direction == DIR_BACKWARD_DATA) build_backward_data(impl, e);
+        if (direction == DIR_BACKWARD_WEIGHTS) build_backward_weights(impl, e);
+    }
+    return e;
+}
+
+static void run_primitive(cpu_backend_impl *impl, conv_direction *dir, dnnl_exec_arg_t *args, int nargs) {
+    void *scratch = cpu_scratch_reserve(&impl->scratchpad, dir->scratchpad_bytes);
+    DNNL_CHECK(dnnl_memory_set_data_handle(dir->scratchpad_mem, scratch));
+    args[nargs].arg = DNNL_ARG_SCRATCHPAD;
+    args[nargs].memory = dir->scratchpad_mem;
+    DNNL_CHECK(dnnl_primitive_execute(dir->prim, impl->stream, nargs + 1, args));
+}
+
+/* ---- the three ops ------------------------------------------------------------------- */
+
+void cpu_conv2d_forward(ncsn_backend *be, float *out, const float *in, const float *w, const float *b,
+                        const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_forward");
+    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward: has_bias but b is NULL");
+    cpu_backend_impl *impl = be->impl;
+    cpu_conv_entry *e = conv_lookup(impl, d, DIR_FORWARD);
+    conv_direction *dir = &e->dir[DIR_FORWARD];
+    stage_input(impl, &dir->args[ARG_SRC], in, &impl->src_buf);
+    stage_input(impl, &dir->args[ARG_WEIGHTS], w, &impl->weights_buf);
+    prepare_output(&dir->args[ARG_DST], out, &impl->dst_buf, 0);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, dir->args[ARG_SRC].prim_mem},
+                               {DNNL_ARG_WEIGHTS, dir->args[ARG_WEIGHTS].prim_mem},
+                               {DNNL_ARG_DST, dir->args[ARG_DST].prim_mem}};
+    int nargs = 3;
+    if (d->has_bias) {
+        stage_input(impl, &dir->args[ARG_BIAS], b, &impl->bias_buf);
+        args[nargs].arg = DNNL_ARG_BIAS;
+        args[nargs].memory = dir->args[ARG_BIAS].prim_mem;
+        nargs++;
+    }
+    run_primitive(impl, dir, args, nargs);
+    finish_output(impl, &dir->args[ARG_DST], out, 0);
+    DNNL_CHECK(dnnl_stream_wait(impl->stream));
+}
+
+void cpu_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, const float *w,
+                              const ncsn_conv_desc *d, int accumulate) {
+    conv_desc_check(d, "conv2d_backward_data");
+    cpu_backend_impl *impl = be->impl;
+    cpu_conv_entry *e = conv_lookup(impl, d, DIR_BACKWARD_DATA);
+    conv_direction *dir = &e->dir[DIR_BACKWARD_DATA];
+    stage_input(impl, &dir->args[ARG_DST], dout, &impl->dst_buf);
+    stage_input(impl, &dir->args[ARG_WEIGHTS], w, &impl->weights_buf);
+    prepare_output(&dir->args[ARG_SRC], din, &impl->src_buf, accumulate);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_DIFF_DST, dir->args[ARG_DST].prim_mem},
+                               {DNNL_ARG_WEIGHTS, dir->args[ARG_WEIGHTS].prim_mem},
+                               {DNNL_ARG_DIFF_SRC, dir->args[ARG_SRC].prim_mem}};
+    run_primitive(impl, dir, args, 3);
+    finish_output(impl, &dir->args[ARG_SRC], din, accumulate);
+    DNNL_CHECK(dnnl_stream_wait(impl->stream));
+}
+
+void cpu_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *db, const float *in,
+                                            const float *dout, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_backward_weights_accumulate");
+    NCSN_CHECKF(!d->has_bias || db, "conv2d_backward_weights_accumulate: has_bias but db is NULL");
+    cpu_backend_impl *impl = be->impl;
+    cpu_conv_entry *e = conv_lookup(impl, d, DIR_BACKWARD_WEIGHTS);
+    conv_direction *dir = &e->dir[DIR_BACKWARD_WEIGHTS];
+    stage_input(impl, &dir->args[ARG_SRC], in, &impl->src_buf);
+    stage_input(impl, &dir->args[ARG_DST], dout, &impl->dst_buf);
+    prepare_output(&dir->args[ARG_WEIGHTS], dw, &impl->weights_buf, 1);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, dir->args[ARG_SRC].prim_mem},
+                               {DNNL_ARG_DIFF_DST, dir->args[ARG_DST].prim_mem},
+                               {DNNL_ARG_DIFF_WEIGHTS, dir->args[ARG_WEIGHTS].prim_mem}};
+    int nargs = 3;
+    float *bias_grad = NULL;
+    if (d->has_bias) {
+        bias_grad = cpu_scratch_reserve(&impl->bias_buf, (size_t)d->K * sizeof(float));
+        DNNL_CHECK(dnnl_memory_set_data_handle(dir->args[ARG_BIAS].prim_mem, bias_grad));
+        args[nargs].arg = DNNL_ARG_DIFF_BIAS;
+        args[nargs].memory = dir->args[ARG_BIAS].prim_mem;
+        nargs++;
+    }
+    run_primitive(impl, dir, args, nargs);
+    finish_output(impl, &dir->args[ARG_WEIGHTS], dw, 1);
+    DNNL_CHECK(dnnl_stream_wait(impl->stream));
+    if (d->has_bias)
+        for (int k = 0; k < d->K; k++) db[k] += bias_grad[k];
+}
+
+/* ---- gemm ---------------------------------------------------------------------------- */
+
+void cpu_gemm_nt(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K) {
+    NCSN_CHECKF(M > 0 && Nc > 0 && K > 0, "gemm_nt: bad sizes M=%d N=%d K=%d", M, Nc, K);
+    /* Row-major C[M, Nc] = A[M, K] * B[Nc, K]^T. */
+    DNNL_CHECK(dnnl_sgemm('N', 'T', M, Nc, K, 1.0f, A, K, B, K, 0.0f, C, Nc));
+}
+
+/* ---- lifetime ------------------------------------------------------------------------ */
+
+void cpu_conv_init(cpu_backend_impl *impl) {
+    DNNL_CHECK(dnnl_engine_create(&impl->engine, dnnl_cpu, 0));
+    DNNL_CHECK(dnnl_stream_create(&impl->stream, impl->engine, dnnl_stream_default_flags));
+    impl->layout = CPU_CONV_LAYOUT_ANY;
+    const char *layout = getenv("NCSN_CPU_CONV_LAYOUT");
+    if (layout && *layout) {
+        if (!strcmp(layout, "any")) impl->layout = CPU_CONV_LAYOUT_ANY;
+        else if (!strcmp(layout, "nchw")) impl->layout = CPU_CONV_LAYOUT_NCHW;
+        else if (!strcmp(layout, "nhwc")) impl->layout = CPU_CONV_LAYOUT_NHWC;
+        else ncsn_die("NCSN_CPU_CONV_LAYOUT='%s' (expected any, nchw or nhwc)", layout);
+    }
+}
+
+void cpu_conv_destroy(cpu_backend_impl *impl) {
+    for (int i = 0; i < impl->conv_cache_count; i++) {
+        cpu_conv_entry *e = &impl->conv_cache[i];
+        for (int k = 0; k < DIR_COUNT; k++) {
+            conv_direction *dir = &e->dir[k];
+            for (int a = 0; a < ARG_COUNT; a++) conv_arg_destroy(&dir->args[a]);
+            if (dir->prim) DNNL_CHECK(dnnl_primitive_destroy(dir->prim));
+            if (dir->pd) DNNL_CHECK(dnnl_primitive_desc_destroy(dir->pd));
+            if (dir->scratchpad_mem) DNNL_CHECK(dnnl_memory_destroy(dir->scratchpad_mem));
+        }
+    }
+    free(impl->conv_cache);
+    impl->conv_cache = NULL;
+    impl->conv_cache_count = impl->conv_cache_capacity = 0;
+    if (impl->stream) DNNL_CHECK(dnnl_stream_destroy(impl->stream));
+    if (impl->engine) DNNL_CHECK(dnnl_engine_destroy(impl->engine));
+}
