@@ -37,6 +37,9 @@ NVFLAGS := -std=c++17 -O3 -I. -Iinclude -DNCSN_WITH_CUDA \
            -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH)) \
            -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
+# NCCL data parallel (host/cuda_comm.c); the CPU build uses the shared-memory all-reduce.
+CFLAGS  += -DNCSN_WITH_NCCL
+LDLIBS  += -lnccl
 OBJ_CUDA := $(CUDA_HOST_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
 GPU_TEST_BIN := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_gpu_*.c))
 endif
