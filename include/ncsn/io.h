@@ -45,6 +45,20 @@ void ncsn_grid_png_write(const char *path, const float *nchw, int N, int C, int 
  * arr_0 of the OpenAI evaluator. */
 typedef struct ncsn_npz_writer ncsn_npz_writer;
 
+/* Starts PATH (written as PATH.tmp until closed) holding one array arr_0 of uint8
+ * images N x H x W x C, C in {1, 3}; N grows with every append. The zip is ZIP64, so the
+ * 10 GB of 50,000 FFHQ-256 samples are fine; np.load(PATH)["arr_0"] reads it. */
+ncsn_npz_writer *ncsn_npz_open(const char *path, int H, int W, int C);
+/* Appends n images given as uint8 NHWC. */
+void ncsn_npz_append(ncsn_npz_writer *w, const uint8_t *nhwc, int n);
+/* Appends n images given as float32 NCHW in [0, 1], converted as ncsn_to_uint8_hwc. */
+void ncsn_npz_append_float(ncsn_npz_writer *w, const float *nchw, int n);
+/* Images appended so far. */
+int64_t ncsn_npz_count(const ncsn_npz_writer *w);
+/* Writes the final shape into the .npy header, the CRC-32 and sizes, the central
+ * directory, then renames PATH.tmp over PATH (fsynced). Frees w. */
+void ncsn_npz_close(ncsn_npz_writer *w);
+
 #ifdef __cplusplus
 }
 #endif
