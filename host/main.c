@@ -8,21 +8,49 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ncsn <command> [options]\n"
-            "  train   --config F.yml --workdir DIR [--data PATH] [--device cpu|cuda] [--steps N] [--seed S] [--resume]\n"
-            "  sample  --checkpoint C [--config F] --n N --batch B --out DIR|file.npz|grid.png [--seed S]\n"
-            "  score   --checkpoint C --input x.npy --labels y.npy --out s.npy [--device D]\n"
-            "  info    --config F.yml\n"
-            "  sigmas  --data PATH [--config F] [--subset N]\n"
-            "  bench   model|train|sampler --config F --batch B [--device D]\n"
+            "  train     --config F.yml --workdir DIR [--data PATH] [--device cpu|cuda|auto] [--steps N]\n"
+            "            [--seed S] [--resume] [--keep-last K] [--nproc K]\n"
+            "  sample    --checkpoint C [--config F] --n N --batch B --out DIR|file.npz|grid.png [--seed S]\n"
+            "            [--shard i/M] [--sampler ald|pc|inpaint|interp|langevin] [--ema|--no-ema] [--device D]\n"
+            "  score     --checkpoint C --input x.npy --labels y.npy --out s.npy [--device D]\n"
+            "  info      --config F.yml [--no-table]\n"
+            "  sigmas    --data PATH [--config F] [--subset N] [--T 5]\n"
+            "  toy-plot  --checkpoint C --out F.png [--n 2000]\n"
+            "  bench     model|train|sampler --config F --batch B [--device D]\n"
+            "Each command prints its own options with --help.\n"
             "CUDA backend compiled in: %s\n",
             ncsn_backend_cuda_compiled() ? "yes" : "no");
 }
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} command;
+
+static const command commands[] = {
+    {"train", ncsn_cmd_train},   {"sample", ncsn_cmd_sample}, {"score", ncsn_cmd_score},
+    {"info", ncsn_cmd_info},     {"sigmas", ncsn_cmd_sigmas}, {"toy-plot", ncsn_cmd_toy_plot},
+};
+
+static const command bench_commands[] = {
+    {"model", ncsn_cmd_bench_model},
+    {"train", ncsn_cmd_bench_train},
+    {"sampler", ncsn_cmd_bench_sampler},
+};
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "bench")) {
+        for (size_t i = 0; argc > 2 && i < sizeof bench_commands / sizeof *bench_commands; i++)
+            if (!strcmp(argv[2], bench_commands[i].name)) return bench_commands[i].run(argc - 3, argv + 3);
+        fprintf(stderr, "ncsn: bench needs one of: model, train, sampler\n");
+        return 2;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 2, argv + 2);
     fprintf(stderr, "ncsn: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -1,0 +1,375 @@
+/* cmd_model.c: `ncsn info`, `ncsn score` and `ncsn bench model`.
+ *
+ * info  : builds the network of a config and prints its architecture, tensor table and
+ *         parameter count (no weights needed).
+ * score : evaluates s_theta(x, sigma_y) of a checkpoint on an .npy batch.
+ * bench model : forward and forward+backward throughput of a freshly initialised network,
+ *         with the PyTorch peer (bench/torch_baseline.py) run in the same invocation.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ncsn/backend.h"
+#include "ncsn/checkpoint.h"
+#include "ncsn/cli.h"
+#include "ncsn/config.h"
+#include "ncsn/data.h"
+#include "ncsn/io.h"
+#include "ncsn/model.h"
+#include "ncsn/sample.h"
+#include "kernels/rng_math.h"
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Returns the value after `--name`, or NULL; dies on a dangling flag. */
+static const char *flag_value(int argc, char **argv, const char *name) {
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], name)) {
+            if (i + 1 >= argc) ncsn_die("%s needs a value", name);
+            return argv[i + 1];
+        }
+    return NULL;
+}
+
+static void check_flags(int argc, char **argv, const char *const *known, const char *cmd) {
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2)) continue;
+        int ok = 0;
+        for (const char *const *k = known; *k; k++) ok |= !strcmp(argv[i], *k);
+        if (!ok) ncsn_die("%s: unknown option '%s'", cmd, argv[i]);
+    }
+}
+
+int ncsn_cmd_info(int argc, char **argv) {
+    static const char *const known[] = {"--config", "--no-table", NULL};
+    check_flags(argc, argv, known, "info");
+    const char *path = flag_value(argc, argv, "--config");
+    if (!path) ncsn_die("info: --config FILE.yml is required");
+    int table = 1;
+    for (int i = 0; i < argc; i++) table &= strcmp(argv[i], "--no-table") != 0;
+    ncsn_config cfg;
+    ncsn_config_load(&cfg, path);
+    char err[256];
+    ncsn_backend *be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
+    if (!be) ncsn_die("info: %s", err);
+    ncsn_model *m = ncsn_model_create(be, &cfg);
+    ncsn_model_print_info(m, stdout, table);
+    ncsn_model_free(m);
+    ncsn_backend_destroy(be);
+    ncsn_config_free(&cfg);
+    return 0;
+}
+
+/* Builds the model a checkpoint describes (its stored config, or --config) on `be` and
+ * loads its weights: the EMA copy when asked and present, else the parameters. */
+ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, const char *config_path,
+                                       int use_ema, ncsn_config *cfg) {
+    ncsn_checkpoint_file f;
+    ncsn_checkpoint_open(&f, ckpt_path);
+    if (config_path) {
+        ncsn_config_load(cfg, config_path);
+    } else {
+        const char *text = ncsn_checkpoint_config_text(&f);
+        if (!text) ncsn_die("%s: checkpoint has no stored config; pass --config FILE.yml", ckpt_path);
+        ncsn_config_parse(cfg, text, ckpt_path);
+    }
+    ncsn_model *m = ncsn_model_create(be, cfg);
+    const ncsn_param_table *t = ncsn_model_table(m);
+    ncsn_checkpoint_data d;
+    memset(&d, 0, sizeof d);
+    d.params = ncsn_xmalloc(t->total * sizeof(float));
+    d.ema = use_ema ? ncsn_xmalloc(t->total * sizeof(float)) : NULL;
+    d.num_levels = 0;
+    const char *arch = ncsn_checkpoint_arch(&f);
+    int has_sigmas_tensor = ncsn_safetensors_find(&f.st, "sigmas") != NULL;
+    if (has_sigmas_tensor) {
+        d.num_levels = ncsn_model_num_levels(m);
+        d.sigmas = ncsn_xmalloc((size_t)d.num_levels * sizeof(float));
+    }
+    if (arch && strcmp(arch, ncsn_arch_name(cfg->model.arch)))
+        ncsn_die("%s: checkpoint is for architecture '%s', the config builds '%s'", ckpt_path, arch,
+                 ncsn_arch_name(cfg->model.arch));
+    ncsn_checkpoint_load(&f, t, &d, NCSN_CKPT_MODEL);
+    const float *weights = (use_ema && d.has_ema) ? d.ema : d.params;
+    if (use_ema && !d.has_ema) fprintf(stderr, "%s: no EMA weights stored; using the parameters\n", ckpt_path);
+    ncsn_copy_to_device(be, ncsn_model_params(m), weights, t->total * sizeof(float));
+    if (d.has_sigmas) {
+        /* The stored buffer is what the network was trained with: it wins over the config. */
+        ncsn_copy_to_device(be, ncsn_model_sigmas(m), d.sigmas, (size_t)d.num_levels * sizeof(float));
+    }
+    free(d.params);
+    free(d.ema);
+    free(d.sigmas);
+    ncsn_checkpoint_close(&f);
+    return m;
+}
+
+int ncsn_cmd_score(int argc, char **argv) {
+    static const char *const known[] = {"--checkpoint", "--config", "--input", "--labels", "--out",
+                                        "--device", "--batch", "--ema", "--no-ema", NULL};
+    check_flags(argc, argv, known, "score");
+    const char *ckpt = flag_value(argc, argv, "--checkpoint"), *in = flag_value(argc, argv, "--input");
+    const char *lab = flag_value(argc, argv, "--labels"), *out = flag_value(argc, argv, "--out");
+    if (!ckpt || !in || !lab || !out)
+        ncsn_die("score: --checkpoint C --input x.npy --labels y.npy --out s.npy are required");
+    const char *b = flag_value(argc, argv, "--batch");
+    int chunk = b ? atoi(b) : 32;
+    if (chunk <= 0) ncsn_die("score: --batch must be positive");
+    int use_ema = 0;
+    for (int i = 0; i < argc; i++) use_ema |= !strcmp(argv[i], "--ema");
+
+    ncsn_backend *be = ncsn_backend_create_from_name(flag_value(argc, argv, "--device"));
+    ncsn_config cfg;
+    ncsn_model *m = ncsn_model_from_checkpoint(be, ckpt, flag_value(argc, argv, "--config"), use_ema, &cfg);
+    int C, H, W;
+    ncsn_model_input_shape(m, &C, &H, &W);
+    int L = ncsn_model_num_levels(m);
+
+    ncsn_npy x, y;
+    ncsn_npy_read(&x, in);
+    if (x.dtype != NCSN_NPY_F32) ncsn_die("%s: expected float32 input, got another dtype", in);
+    if (x.ndim != 4 || x.shape[1] != C || x.shape[2] != H || x.shape[3] != W)
+        ncsn_die("%s: expected shape [N, %d, %d, %d] (NCHW), got a %d-d array%s", in, C, H, W, x.ndim,
+                 x.ndim == 4 ? " of another shape" : "");
+    ncsn_npy_read(&y, lab);
+    int64_t N = x.shape[0];
+    if (y.ndim != 1 || y.shape[0] != N) ncsn_die("%s: expected shape [%lld] (one level per input)", lab, (long long)N);
+    int32_t *labels = ncsn_xmalloc((size_t)N * sizeof(int32_t));
+    for (int64_t n = 0; n < N; n++) {
+        int64_t v;
+        if (y.dtype == NCSN_NPY_I32) v = ((const int32_t *)y.data)[n];
+        else if (y.dtype == NCSN_NPY_I64) v = ((const int64_t *)y.data)[n];
+        else ncsn_die("%s: expected int32 or int64 level indices", lab);
+        if (v < 0 || v >= L) ncsn_die("%s: label %lld at index %lld is outside [0, %d)", lab, (long long)v, (long long)n, L);
+        labels[n] = (int32_t)v;
+    }
+
+    size_t D = (size_t)C * H * W;
+    if (chunk > N) chunk = (int)(N > 0 ? N : 1);
+    ncsn_model_plan(m, chunk);
+    float *dx = ncsn_alloc(be, (size_t)chunk * D * sizeof(float));
+    float *ds = ncsn_alloc(be, (size_t)chunk * D * sizeof(float));
+    int32_t *dl = ncsn_alloc(be, (size_t)chunk * sizeof(int32_t));
+    float *scores = ncsn_xmalloc((size_t)N * D * sizeof(float) + 1);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+        int n = (int)(N - n0 < chunk ? N - n0 : chunk);
+        ncsn_copy_to_device(be, dx, (const float *)x.data + (size_t)n0 * D, (size_t)n * D * sizeof(float));
+        ncsn_copy_to_device(be, dl, labels + n0, (size_t)n * sizeof(int32_t));
+        ncsn_model_forward(m, ds, dx, dl, n);
+        ncsn_copy_to_host(be, scores + (size_t)n0 * D, ds, (size_t)n * D * sizeof(float));
+    }
+    ncsn_npy_write(out, NCSN_NPY_F32, 4, x.shape, scores);
+    fprintf(stderr, "score: wrote %s [%lld, %d, %d, %d]\n", out, (long long)N, C, H, W);
+    free(scores);
+    free(labels);
+    ncsn_free(be, dx);
+    ncsn_free(be, ds);
+    ncsn_free(be, dl);
+    ncsn_npy_free(&x);
+    ncsn_npy_free(&y);
+    ncsn_model_free(m);
+    ncsn_config_free(&cfg);
+    ncsn_backend_destroy(be);
+    return 0;
+}
+
+/* `ncsn toy-plot`: the seeds' Fig. 2/3 from a trained toy score network: data, plain
+ * Langevin at the smallest sigma, and annealed Langevin, side by side. Both chains start
+ * from the same uniform box and use the network's score; the same number of steps. */
+int ncsn_cmd_toy_plot(int argc, char **argv) {
+    static const char *const known[] = {"--checkpoint", "--out", "--n", "--seed", NULL};
+    check_flags(argc, argv, known, "toy-plot");
+    const char *ckpt = flag_value(argc, argv, "--checkpoint"), *out = flag_value(argc, argv, "--out");
+    if (!ckpt || !out) ncsn_die("toy-plot: --checkpoint C --out F.png are required");
+    const char *ns = flag_value(argc, argv, "--n"), *ss = flag_value(argc, argv, "--seed");
+    int n = ns ? atoi(ns) : 2000;
+    uint64_t seed = ss ? strtoull(ss, NULL, 10) : 1;
+    if (n <= 0) ncsn_die("toy-plot: --n must be positive");
+
+    char err[256];
+    ncsn_backend *be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
+    if (!be) ncsn_die("toy-plot: %s", err);
+    ncsn_config cfg;
+    ncsn_model *m = ncsn_model_from_checkpoint(be, ckpt, NULL, 1, &cfg);
+    if (cfg.model.arch != NCSN_ARCH_TOY) ncsn_die("%s: toy-plot needs a toy-arch checkpoint", ckpt);
+    ncsn_model_plan(m, n);
+    int L = ncsn_model_num_levels(m);
+    const float *sigmas = ncsn_model_sigmas_host(m);
+
+    ncsn_dataset ds;
+    ncsn_dataset_open(&ds, &cfg.data, NULL, 1, seed);
+    int nd = ds.N < (size_t)n ? (int)ds.N : n;
+    float *data_xy = ncsn_xmalloc((size_t)nd * 2 * sizeof(float));
+    for (int i = 0; i < nd; i++) ncsn_dataset_example(&ds, i, data_xy + 2 * i);
+
+    float lo = (float)(cfg.data.toy_mean1 < cfg.data.toy_mean2 ? cfg.data.toy_mean1 : cfg.data.toy_mean2) - 4.0f;
+    float hi = (float)(cfg.data.toy_mean1 > cfg.data.toy_mean2 ? cfg.data.toy_mean1 : cfg.data.toy_mean2) + 4.0f;
+    float *chains[2];
+    const ncsn_sampler_kind kinds[2] = {NCSN_SAMPLER_LANGEVIN, NCSN_SAMPLER_ALD};
+    float *x = ncsn_alloc(be, (size_t)n * 2 * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        ncsn_sampler_options o;
+        ncsn_sampler_options_from_config(&o, &cfg);
+        o.kind = kinds[k];
+        o.seed = seed;
+        o.init = NCSN_INIT_UNIFORM;
+        o.init_lo = lo;
+        o.init_hi = hi;
+        o.denoise = 0;
+        ncsn_sampler *s = ncsn_sampler_create(be, ncsn_model_score_fn, m, sigmas, L, 2, 1, 1, n, &o);
+        ncsn_sampler_run(s, x, 0, n);
+        chains[k] = ncsn_xmalloc((size_t)n * 2 * sizeof(float));
+        ncsn_copy_to_host(be, chains[k], x, (size_t)n * 2 * sizeof(float));
+        ncsn_sampler_free(s);
+    }
+    /* The mixture weight each panel recovers: the fraction of points nearer mean1. */
+    const float *pts[3] = {data_xy, chains[0], chains[1]};
+    int counts[3] = {nd, n, n};
+    char titles[3][64];
+    const char *names[3] = {"DATA", "LANGEVIN", "ANNEALED LANGEVIN"};
+    for (int p = 0; p < 3; p++) {
+        int near1 = 0;
+        for (int i = 0; i < counts[p]; i++) {
+            double d1 = fabs(pts[p][2 * i] - cfg.data.toy_mean1) + fabs(pts[p][2 * i + 1] - cfg.data.toy_mean1);
+            double d2 = fabs(pts[p][2 * i] - cfg.data.toy_mean2) + fabs(pts[p][2 * i + 1] - cfg.data.toy_mean2);
+            near1 += d1 < d2;
+        }
+        snprintf(titles[p], sizeof titles[p], "%s %.0f%%", names[p], 100.0 * near1 / counts[p]);
+        printf("toy-plot: %-18s fraction near (%g, %g): %.3f (data weight %.2f)\n", names[p], cfg.data.toy_mean1,
+               cfg.data.toy_mean1, (double)near1 / counts[p], cfg.data.toy_weight);
+    }
+    ncsn_toy_panel panels[3];
+    for (int p = 0; p < 3; p++) {
+        panels[p].xy = pts[p];
+        panels[p].N = counts[p];
+        panels[p].title = titles[p];
+    }
+    ncsn_toy_plot_png(out, panels, 3, lo, hi, 5.0f, 360);
+    printf("toy-plot: wrote %s\n", out);
+    for (int k = 0; k < 2; k++) free(chains[k]);
+    free(data_xy);
+    ncsn_free(be, x);
+    ncsn_dataset_free(&ds);
+    ncsn_model_free(m);
+    ncsn_config_free(&cfg);
+    ncsn_backend_destroy(be);
+    return 0;
+}
+
+/* Reads one line of `key: value` JSON numbers printed by bench/torch_baseline.py --json. */
+static int json_number(const char *json, const char *key, double *out) {
+    char pattern[96];
+    snprintf(pattern, sizeof pattern, "\"%s\"", key);
+    const char *p = strstr(json, pattern);
+    if (!p) return 0;
+    p = strchr(p + strlen(pattern), ':');
+    if (!p) return 0;
+    return sscanf(p + 1, "%lf", out) == 1;
+}
+
+/* Runs the PyTorch peer; returns 1 and fills `line` with its JSON output on success. */
+int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, char *line, size_t linelen) {
+    FILE *probe = fopen("bench/torch_baseline.py", "r");
+    if (!probe) {
+        fprintf(stderr, "torch peer: bench/torch_baseline.py not found (run from the repository root)\n");
+        return 0;
+    }
+    fclose(probe);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 bench/torch_baseline.py --mode %s --config '%s' --batch %d --json",
+             mode, config, batch);
+    FILE *f = popen(cmd, "r");
+    if (!f) return 0;
+    int found = 0;
+    char buf[4096];
+    while (fgets(buf, sizeof buf, f))
+        if (buf[0] == '{') {
+            snprintf(line, linelen, "%s", buf);
+            found = 1;
+        }
+    int status = pclose(f);
+    if (status != 0 || !found) {
+        fprintf(stderr, "torch peer: '%s' failed (status %d); no ratio printed\n", cmd, status);
+        return 0;
+    }
+    return 1;
+}
+
+int ncsn_cmd_bench_model(int argc, char **argv) {
+    static const char *const known[] = {"--config", "--batch", "--device", "--iters", "--no-torch", NULL};
+    check_flags(argc, argv, known, "bench model");
+    const char *path = flag_value(argc, argv, "--config");
+    if (!path) ncsn_die("bench model: --config FILE.yml is required");
+    const char *b = flag_value(argc, argv, "--batch");
+    const char *it = flag_value(argc, argv, "--iters");
+    int batch = b ? atoi(b) : 32, iters = it ? atoi(it) : 5;
+    if (batch <= 0 || iters <= 0) ncsn_die("bench model: --batch and --iters must be positive");
+    int torch = 1;
+    for (int i = 0; i < argc; i++) torch &= strcmp(argv[i], "--no-torch") != 0;
+
+    ncsn_config cfg;
+    ncsn_config_load(&cfg, path);
+    ncsn_backend *be = ncsn_backend_create_from_name(flag_value(argc, argv, "--device"));
+    ncsn_model *m = ncsn_model_create(be, &cfg);
+    ncsn_model_init(m, 1234);
+    ncsn_model_plan(m, batch);
+    size_t D = ncsn_model_input_size(m);
+    int L = ncsn_model_num_levels(m);
+    float *x = ncsn_alloc(be, (size_t)batch * D * sizeof(float));
+    float *score = ncsn_alloc(be, (size_t)batch * D * sizeof(float));
+    int32_t *labels = ncsn_alloc(be, (size_t)batch * sizeof(int32_t));
+    int32_t *host_labels = ncsn_xmalloc((size_t)batch * sizeof(int32_t));
+    for (int n = 0; n < batch; n++) host_labels[n] = (int32_t)((n * 7919) % L);
+    ncsn_copy_to_device(be, labels, host_labels, (size_t)batch * sizeof(int32_t));
+    ncsn_fill_uniform(be, x, batch, D, 1, NCSN_RNG_SAMPLER_INIT, 0, 0);
+
+    double macs = ncsn_model_conv_macs(m) * batch;
+    /* warm-up: primitive creation and first-touch of the arena are not steady state */
+    ncsn_model_forward(m, score, x, labels, batch);
+    ncsn_model_zero_grads(m);
+    ncsn_model_backward(m, NULL, score);
+    ncsn_synchronize(be);
+
+    double t0 = now_seconds();
+    for (int i = 0; i < iters; i++) ncsn_model_forward(m, score, x, labels, batch);
+    ncsn_synchronize(be);
+    double fwd = (now_seconds() - t0) / iters;
+    t0 = now_seconds();
+    for (int i = 0; i < iters; i++) {
+        ncsn_model_forward(m, score, x, labels, batch);
+        ncsn_model_zero_grads(m);
+        ncsn_model_backward(m, NULL, score);
+    }
+    ncsn_synchronize(be);
+    double fwdbwd = (now_seconds() - t0) / iters;
+
+    printf("bench model: %s (%s), batch %d, %s backend, %d iters\n", path, ncsn_arch_name(cfg.model.arch), batch,
+           be->ops->name, iters);
+    printf("  forward          %8.2f images/s  %7.1f GFLOP/s (conv)\n", batch / fwd, 2.0 * macs / fwd * 1e-9);
+    printf("  forward+backward %8.2f images/s  %7.1f GFLOP/s (conv, 3x forward MACs)\n", batch / fwdbwd,
+           6.0 * macs / fwdbwd * 1e-9);
+    if (torch && be->kind == NCSN_DEVICE_CPU) {
+        char line[4096];
+        double tf, tfb;
+        if (ncsn_run_torch_baseline("model", path, batch, line, sizeof line) &&
+            json_number(line, "fwd_images_per_s", &tf) && json_number(line, "fwdbwd_images_per_s", &tfb)) {
+            printf("  pytorch forward  %8.2f images/s  -> ncsn/pytorch %.2fx\n", tf, batch / fwd / tf);
+            printf("  pytorch fwd+bwd  %8.2f images/s  -> ncsn/pytorch %.2fx\n", tfb, batch / fwdbwd / tfb);
+        }
+    }
+    free(host_labels);
+    ncsn_free(be, x);
+    ncsn_free(be, score);
+    ncsn_free(be, labels);
+    ncsn_model_free(m);
+    ncsn_backend_destroy(be);
+    ncsn_config_free(&cfg);
+    return 0;
+}
