@@ -16,10 +16,8 @@
 #include "ncsn/checkpoint.h"
 #include "ncsn/cli.h"
 #include "ncsn/config.h"
-#include "ncsn/data.h"
 #include "ncsn/io.h"
 #include "ncsn/model.h"
-#include "ncsn/sample.h"
 #include "kernels/rng_math.h"
 
 static double now_seconds(void) {
@@ -174,89 +172,6 @@ int ncsn_cmd_score(int argc, char **argv) {
     ncsn_free(be, dl);
     ncsn_npy_free(&x);
     ncsn_npy_free(&y);
-    ncsn_model_free(m);
-    ncsn_config_free(&cfg);
-    ncsn_backend_destroy(be);
-    return 0;
-}
-
-/* `ncsn toy-plot`: the seeds' Fig. 2/3 from a trained toy score network: data, plain
- * Langevin at the smallest sigma, and annealed Langevin, side by side. Both chains start
- * from the same uniform box and use the network's score; the same number of steps. */
-int ncsn_cmd_toy_plot(int argc, char **argv) {
-    static const char *const known[] = {"--checkpoint", "--out", "--n", "--seed", NULL};
-    check_flags(argc, argv, known, "toy-plot");
-    const char *ckpt = flag_value(argc, argv, "--checkpoint"), *out = flag_value(argc, argv, "--out");
-    if (!ckpt || !out) ncsn_die("toy-plot: --checkpoint C --out F.png are required");
-    const char *ns = flag_value(argc, argv, "--n"), *ss = flag_value(argc, argv, "--seed");
-    int n = ns ? atoi(ns) : 2000;
-    uint64_t seed = ss ? strtoull(ss, NULL, 10) : 1;
-    if (n <= 0) ncsn_die("toy-plot: --n must be positive");
-
-    char err[256];
-    ncsn_backend *be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
-    if (!be) ncsn_die("toy-plot: %s", err);
-    ncsn_config cfg;
-    ncsn_model *m = ncsn_model_from_checkpoint(be, ckpt, NULL, 1, &cfg);
-    if (cfg.model.arch != NCSN_ARCH_TOY) ncsn_die("%s: toy-plot needs a toy-arch checkpoint", ckpt);
-    ncsn_model_plan(m, n);
-    int L = ncsn_model_num_levels(m);
-    const float *sigmas = ncsn_model_sigmas_host(m);
-
-    ncsn_dataset ds;
-    ncsn_dataset_open(&ds, &cfg.data, NULL, 1, seed);
-    int nd = ds.N < (size_t)n ? (int)ds.N : n;
-    float *data_xy = ncsn_xmalloc((size_t)nd * 2 * sizeof(float));
-    for (int i = 0; i < nd; i++) ncsn_dataset_example(&ds, i, data_xy + 2 * i);
-
-    float lo = (float)(cfg.data.toy_mean1 < cfg.data.toy_mean2 ? cfg.data.toy_mean1 : cfg.data.toy_mean2) - 4.0f;
-    float hi = (float)(cfg.data.toy_mean1 > cfg.data.toy_mean2 ? cfg.data.toy_mean1 : cfg.data.toy_mean2) + 4.0f;
-    float *chains[2];
-    const ncsn_sampler_kind kinds[2] = {NCSN_SAMPLER_LANGEVIN, NCSN_SAMPLER_ALD};
-    float *x = ncsn_alloc(be, (size_t)n * 2 * sizeof(float));
-    for (int k = 0; k < 2; k++) {
-        ncsn_sampler_options o;
-        ncsn_sampler_options_from_config(&o, &cfg);
-        o.kind = kinds[k];
-        o.seed = seed;
-        o.init = NCSN_INIT_UNIFORM;
-        o.init_lo = lo;
-        o.init_hi = hi;
-        o.denoise = 0;
-        ncsn_sampler *s = ncsn_sampler_create(be, ncsn_model_score_fn, m, sigmas, L, 2, 1, 1, n, &o);
-        ncsn_sampler_run(s, x, 0, n);
-        chains[k] = ncsn_xmalloc((size_t)n * 2 * sizeof(float));
-        ncsn_copy_to_host(be, chains[k], x, (size_t)n * 2 * sizeof(float));
-        ncsn_sampler_free(s);
-    }
-    /* The mixture weight each panel recovers: the fraction of points nearer mean1. */
-    const float *pts[3] = {data_xy, chains[0], chains[1]};
-    int counts[3] = {nd, n, n};
-    char titles[3][64];
-    const char *names[3] = {"DATA", "LANGEVIN", "ANNEALED LANGEVIN"};
-    for (int p = 0; p < 3; p++) {
-        int near1 = 0;
-        for (int i = 0; i < counts[p]; i++) {
-            double d1 = fabs(pts[p][2 * i] - cfg.data.toy_mean1) + fabs(pts[p][2 * i + 1] - cfg.data.toy_mean1);
-            double d2 = fabs(pts[p][2 * i] - cfg.data.toy_mean2) + fabs(pts[p][2 * i + 1] - cfg.data.toy_mean2);
-            near1 += d1 < d2;
-        }
-        snprintf(titles[p], sizeof titles[p], "%s %.0f%%", names[p], 100.0 * near1 / counts[p]);
-        printf("toy-plot: %-18s fraction near (%g, %g): %.3f (data weight %.2f)\n", names[p], cfg.data.toy_mean1,
-               cfg.data.toy_mean1, (double)near1 / counts[p], cfg.data.toy_weight);
-    }
-    ncsn_toy_panel panels[3];
-    for (int p = 0; p < 3; p++) {
-        panels[p].xy = pts[p];
-        panels[p].N = counts[p];
-        panels[p].title = titles[p];
-    }
-    ncsn_toy_plot_png(out, panels, 3, lo, hi, 5.0f, 360);
-    printf("toy-plot: wrote %s\n", out);
-    for (int k = 0; k < 2; k++) free(chains[k]);
-    free(data_xy);
-    ncsn_free(be, x);
-    ncsn_dataset_free(&ds);
     ncsn_model_free(m);
     ncsn_config_free(&cfg);
     ncsn_backend_destroy(be);

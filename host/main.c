@@ -10,14 +10,15 @@ static void usage(FILE *f) {
             "usage: ncsn <command> [options]\n"
             "  train     --config F.yml --workdir DIR [--data PATH] [--device cpu|cuda|auto] [--steps N]\n"
             "            [--seed S] [--resume] [--keep-last K] [--nproc K]\n"
-            "  sample    --checkpoint C [--config F] --n N --batch B --out DIR|file.npz|grid.png [--seed S]\n"
-            "            [--shard i/M] [--sampler ald|pc|inpaint|interp|langevin] [--ema|--no-ema] [--device D]\n"
+            "  sample    --checkpoint C [--config F] --n N --out DIR|F.npz|G.png [--batch B] [--seed S] [--device D]\n"
+            "            [--ema|--no-ema] [--shard i/M] [--sampler ald|langevin|pc|inpaint|interp] [--step-lr X]\n"
+            "            [--n-steps-each T] [--denoise|--no-denoise] [--snr X] [--init uniform|gaussian|data]\n"
+            "            [--data PATH] [--per-ref R] [--n-interp K] [--nrow K] [--max-batches K]\n"
+            "            (a toy checkpoint writes F.npy points or an F.png scatter plot: data / Langevin / annealed)\n"
             "  score     --checkpoint C --input x.npy --labels y.npy --out s.npy [--device D]\n"
             "  info      --config F.yml [--no-table]\n"
             "  sigmas    --data PATH [--config F] [--subset N] [--T 5]\n"
-            "  toy-plot  --checkpoint C --out F.png [--n 2000]\n"
-            "  bench     model|train|sampler --config F --batch B [--device D]\n"
-            "Each command prints its own options with --help.\n"
+            "  bench     model|train|sampler --config F --batch B [--device D] [--no-torch|--no-baseline]\n"
             "CUDA backend compiled in: %s\n",
             ncsn_backend_cuda_compiled() ? "yes" : "no");
 }
@@ -29,7 +30,7 @@ typedef struct {
 
 static const command commands[] = {
     {"train", ncsn_cmd_train},   {"sample", ncsn_cmd_sample}, {"score", ncsn_cmd_score},
-    {"info", ncsn_cmd_info},     {"sigmas", ncsn_cmd_sigmas}, {"toy-plot", ncsn_cmd_toy_plot},
+    {"info", ncsn_cmd_info},     {"sigmas", ncsn_cmd_sigmas},
 };
 
 static const command bench_commands[] = {

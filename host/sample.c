@@ -471,7 +471,7 @@ void ncsn_sampler_output_host(float *x, size_t count, const ncsn_config *cfg) {
             v = 1.0f / (1.0f + expf(-v));
         else if (cfg->data.rescaled)
             v = (v + 1.0f) / 2.0f;
-        x[i] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v); /* (ncsn_clamp01 is shadowed by the op macro) */
+        x[i] = ncsn_clamp01_element(v);
     }
 }
 

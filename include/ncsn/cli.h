@@ -6,7 +6,6 @@
 int ncsn_cmd_info(int argc, char **argv);          /* host/cmd_model.c */
 int ncsn_cmd_score(int argc, char **argv);         /* host/cmd_model.c */
 int ncsn_cmd_bench_model(int argc, char **argv);   /* host/cmd_model.c */
-int ncsn_cmd_toy_plot(int argc, char **argv);      /* host/cmd_model.c */
 int ncsn_cmd_train(int argc, char **argv);         /* host/train.c */
 int ncsn_cmd_bench_train(int argc, char **argv);   /* host/train.c */
 int ncsn_cmd_sigmas(int argc, char **argv);        /* host/sigmas.c */

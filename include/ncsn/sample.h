@@ -136,7 +136,7 @@ void ncsn_model_score_fn(void *model, float *score, const float *x, const int32_
 typedef struct {
     const float *xy;   /* N points, interleaved (x0, y0, x1, y1, ...), host memory */
     int N;
-    const char *title; /* upper-case letters, digits and " .-=/:()+%" are drawn; NULL = none */
+    const char *title; /* letters (drawn upper-case), digits and " .,-=/:()+%"; NULL = none */
 } ncsn_toy_panel;
 
 /* Renders panels side by side, each a square scatter plot of the box [lo, hi]^2 with
