@@ -173,6 +173,39 @@ static void check_init(void) {
     ncsn_model_free(m);
 }
 
+/* The stock configs (models/configs, official keys) build the network the official
+ * runner would: get_model's dataset -> class mapping (spec §3) and the spec's counts. */
+static void check_stock_configs(void) {
+    static const struct {
+        const char *path;
+        ncsn_arch arch;
+        size_t params;
+    } stock[] = {
+        {"models/configs/mnist_v1.yml", NCSN_ARCH_NCSN, 7638657},
+        {"models/configs/cifar10_v1.yml", NCSN_ARCH_NCSN, 30117635},
+        {"models/configs/celeba_v1.yml", NCSN_ARCH_NCSN, 30117635},
+        {"models/configs/cifar10.yml", NCSN_ARCH_NCSNV2, 29694083},
+        {"models/configs/celeba.yml", NCSN_ARCH_NCSNV2, 29694083},
+        {"models/configs/ncsn_original.yml", NCSN_ARCH_NCSNV2, 29694083}, /* spec §3.5 */
+        {"models/configs/church.yml", NCSN_ARCH_NCSNV2_DEEPER, 83445379},
+        {"models/configs/bedroom.yml", NCSN_ARCH_NCSNV2_DEEPER, 83445379},
+        {"models/configs/tower.yml", NCSN_ARCH_NCSNV2_DEEPER, 83445379},
+        {"models/configs/ffhq.yml", NCSN_ARCH_NCSNV2_DEEPEST, 94132611},
+    };
+    for (size_t i = 0; i < sizeof stock / sizeof stock[0]; i++) {
+        ncsn_config cfg;
+        ncsn_config_load(&cfg, stock[i].path);
+        ncsn_model *m = ncsn_model_create(be, &cfg);
+        size_t total = ncsn_model_table(m)->total;
+        EXPECT(cfg.model.arch == stock[i].arch && total == stock[i].params, "%s: %s with %zu parameters, want %s with %zu",
+               stock[i].path, ncsn_arch_name(cfg.model.arch), total, ncsn_arch_name(stock[i].arch), stock[i].params);
+        printf("  %-36s %-15s L %4d  %10zu parameters\n", stock[i].path, ncsn_arch_name(cfg.model.arch),
+               ncsn_model_num_levels(m), total);
+        ncsn_model_free(m);
+        ncsn_config_free(&cfg);
+    }
+}
+
 int main(void) {
     char err[256];
     be = ncsn_cpu_backend_create(err, sizeof err);
@@ -200,6 +233,9 @@ int main(void) {
     check_keys("NCSNv2 CIFAR-10", &v2, "tests/data/keys_v2_cifar10.txt");
     ncsn_config deeper = make_config(NCSN_ARCH_NCSNV2_DEEPER, 3, 128, 128, 1086);
     check_keys("NCSNv2Deeper 128", &deeper, "tests/data/keys_v2deeper_128.txt");
+
+    printf("stock configs\n");
+    check_stock_configs();
 
     printf("initialisation convention\n");
     check_init();
