@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "ncsn/backend.h"
+
 static int harness_failures = 0;
 static int harness_checks = 0;
 
@@ -49,6 +51,17 @@ static inline int harness_expect_close(const char *what, const float *got, const
     }
     printf("  ok   %s: n=%zu max err %.3e (max |ref| %.3e)\n", what, n, max_err, max_ref);
     return 1;
+}
+
+/* The CPU backend every test runs on; a test cannot go on without it. */
+static inline ncsn_backend *harness_cpu_backend(void) {
+    char err[256];
+    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    if (!be) {
+        printf("cannot create the CPU backend: %s\n", err);
+        exit(1);
+    }
+    return be;
 }
 
 static inline int harness_finish(const char *name) {

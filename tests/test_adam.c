@@ -287,12 +287,7 @@ static void test_dsm_loss(void) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
     test_adam();
     test_ema_denoise();
     test_langevin();

@@ -193,12 +193,7 @@ static int run_fixture(const char *name, const char *path) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
     int found = 0;
     for (size_t i = 0; i < sizeof expected_fixtures / sizeof expected_fixtures[0]; i++) {
         char path[512];

@@ -300,12 +300,7 @@ static void run_arch(const char *arch, const ncsn_config *cfg, uint64_t seed) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
     if (be->kind != NCSN_DEVICE_CPU) return 1; /* the FD loop edits parameters in place */
     /* Thousands of forwards of tiny networks: one thread avoids OpenMP fork/join costs
      * that dominate such small ops (and makes the run time independent of machine load).

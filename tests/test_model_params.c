@@ -207,12 +207,7 @@ static void check_stock_configs(void) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
 
     printf("parameter counts and conv MACs (spec §2, §3.4)\n");
     const count_case cases[] = {

@@ -682,12 +682,7 @@ static void test_elementwise(void) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
     test_memory();
     test_conv();
     test_norm();

@@ -183,12 +183,7 @@ static void test_keying(void) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
     test_philox_known_answers();
     test_reference_values();
     test_moments();
