@@ -16,10 +16,29 @@
  * with a sum post-op (dst = reorder(src) + dst), which also does the layout change; the
  * K-float bias gradient is staged and added by a loop.
  *
- * Numerics: strict fp32, algorithm `convolution_direct` (no Winograd, whose transforms
- * change the rounding). Padding is "same": dilation * (ksize / 2) on every side, and
- * oneDNN counts dilation from 0 (PyTorch dilation d is oneDNN d - 1).
+ * Numerics: algorithm `convolution_direct` (no Winograd, whose transforms change the
+ * rounding). Padding is "same": dilation * (ksize / 2) on every side, and oneDNN counts
+ * dilation from 0 (PyTorch dilation d is oneDNN d - 1).
+ *
+ * Precision (be->precision, read at every call; the cache is keyed by it, so FP32 and BF16
+ * primitives of one shape live side by side and switching costs nothing after warm-up):
+ * - FP32: strict IEEE fp32 in every direction (the tests' reference numerics).
+ * - TF32: the CPU has no TF32; identical to FP32, bit for bit (shares the FP32 entries).
+ * - BF16: the convolution INPUTS are rounded to bf16 (round to nearest even) by the cached
+ *   f32 -> bf16 reorders that also change the layout: forward src and weights, backward-
+ *   data diff_dst and weights, backward-weights src and diff_dst. Products of two bf16
+ *   numbers are exact in fp32 and oneDNN accumulates them in fp32, and every OUTPUT (dst,
+ *   diff_src, diff_weights, diff_bias) is f32, so the only error next to FP32 is the
+ *   input rounding (relative 2^-8 per operand; tests/test_precision.c states the bounds).
+ *   The forward bias is added in f32; diff_bias is the f32 sum of the bf16 diff_dst.
+ *   The user's tensors, the biases, and everything outside the convolutions stay fp32.
+ *   oneDNN 2.6 has jit bf16 convolutions for exactly these type combinations on
+ *   avx512_core (native with avx512_bf16, emulated without). Where it has none (the
+ *   descriptor is unimplemented, or only its reference `ref:any` code would run, which is
+ *   orders of magnitude slower than jit fp32) that direction runs in FP32 instead, and a
+ *   one-line note says so once per direction.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "host/cpu_internal.h"
@@ -28,10 +47,11 @@
 #error "cpu_conv.c uses the oneDNN v2 C API (dnnl_*_desc_init); oneDNN 3 renamed these calls"
 #endif
 
-enum { DIR_FORWARD = 0, DIR_BACKWARD_DATA = 1, DIR_BACKWARD_WEIGHTS = 2, DIR_COUNT = 3 };
+static const char *const direction_names[CPU_CONV_DIRECTIONS] = {"forward", "backward-data", "backward-weights"};
 
 /* One tensor argument of a primitive: the user's plain layout, the primitive's layout,
- * and the reorders between them (NULL where not needed). */
+ * and the reorders between them (NULL where not needed). In BF16 the primitive's inputs
+ * differ from the user's fp32 tensors in data type too, so they are always reordered. */
 typedef struct {
     dnnl_memory_desc_t user_md, prim_md;
     int reorder;                    /* prim_md differs from user_md */
@@ -47,21 +67,31 @@ typedef struct {
  *   backward-weights: SRC = in,  WEIGHTS = dw (output), DST = dout, BIAS = db (output) */
 enum { ARG_SRC = 0, ARG_WEIGHTS = 1, ARG_DST = 2, ARG_BIAS = 3, ARG_COUNT = 4 };
 
+/* The primitive of one direction of one cache entry. */
 typedef struct {
     int ready;
+    /* BF16 entries only: oneDNN has no jit bf16 primitive for this direction here, so the
+     * call is served by the FP32 entry of the same shape (pd and prim stay NULL). */
+    int runs_fp32;
     dnnl_primitive_desc_t pd;
     dnnl_primitive_t prim;
     dnnl_memory_t scratchpad_mem;
     size_t scratchpad_bytes;
     conv_arg args[ARG_COUNT];
-} conv_direction;
+} conv_primitive;
 
 struct cpu_conv_entry {
     ncsn_conv_desc desc;
-    conv_direction dir[DIR_COUNT];
+    ncsn_precision precision; /* FP32 or BF16: TF32 is mapped to FP32 before the lookup */
+    conv_primitive dir[CPU_CONV_DIRECTIONS];
 };
 
 /* ---- small helpers ------------------------------------------------------------------- */
+
+/* The CPU has no TF32: it runs as strict FP32, from the same cache entries. */
+static ncsn_precision cpu_precision(ncsn_precision requested) {
+    return requested == NCSN_PRECISION_BF16 ? NCSN_PRECISION_BF16 : NCSN_PRECISION_FP32;
+}
 
 static int conv_desc_equal(const ncsn_conv_desc *a, const ncsn_conv_desc *b) {
     return a->N == b->N && a->C == b->C && a->H == b->H && a->W == b->W && a->K == b->K &&
@@ -75,9 +105,9 @@ static void conv_desc_check(const ncsn_conv_desc *d, const char *op) {
     NCSN_CHECKF(d->dilation >= 1, "%s: dilation %d (PyTorch convention, >= 1)", op, d->dilation);
 }
 
-static dnnl_memory_desc_t plain_md(int ndims, const dnnl_dim_t *dims, dnnl_format_tag_t tag) {
+static dnnl_memory_desc_t make_md(int ndims, const dnnl_dim_t *dims, dnnl_data_type_t type, dnnl_format_tag_t tag) {
     dnnl_memory_desc_t md;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, ndims, dims, dnnl_f32, tag));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, ndims, dims, type, tag));
     return md;
 }
 
@@ -109,6 +139,9 @@ static void conv_arg_init(cpu_backend_impl *impl, conv_arg *a, const dnnl_memory
     a->user_md = *user_md;
     a->prim_md = *prim_md;
     a->reorder = !dnnl_memory_desc_equal(user_md, prim_md);
+    /* Outputs are always f32 (BF16 rounds inputs only), so an output reorder is a pure
+     * layout change and the sum post-op adds in f32. */
+    NCSN_CHECKF(!is_output || prim_md->data_type == dnnl_f32, "oneDNN: convolution output is not f32");
     DNNL_CHECK(dnnl_memory_create(&a->user_mem, &a->user_md, impl->engine, DNNL_MEMORY_NONE));
     DNNL_CHECK(dnnl_memory_create(&a->prim_mem, &a->prim_md, impl->engine, DNNL_MEMORY_NONE));
     if (!is_output) {
@@ -176,16 +209,28 @@ static const dnnl_memory_desc_t *query_bias_md(dnnl_primitive_desc_t pd, dnnl_qu
     return md;
 }
 
+static const char *impl_info(const_dnnl_primitive_desc_t pd) {
+    const char *name = NULL;
+    DNNL_CHECK(dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)&name));
+    return name ? name : "?";
+}
+
 /* ---- primitive construction ---------------------------------------------------------- */
 
+/* The tensors of one convolution as oneDNN sees them. User tensors are plain f32; the
+ * primitive's tensors leave the layout to oneDNN (or the forced one). Its inputs (`*_in`:
+ * src, weights, dst in the role of diff_dst) carry the entry's input type, bf16 in BF16;
+ * its outputs (`*_out`, biases) are always f32. */
 typedef struct {
     dnnl_dims_t src, wei, bias, dst;
     dnnl_dims_t strides, dilates, pad; /* oneDNN reads these as dnnl_dims_t */
-    dnnl_memory_desc_t user_src, user_wei, user_bias, user_dst;    /* plain NCHW / OIHW / x */
-    dnnl_memory_desc_t any_src, any_wei, any_bias, any_dst;        /* what the primitive may pick */
+    dnnl_memory_desc_t user_src, user_wei, user_bias, user_dst;
+    dnnl_memory_desc_t src_in, wei_in, dst_in;
+    dnnl_memory_desc_t src_out, wei_out, dst_out, bias_any;
 } conv_shapes;
 
-static void conv_shapes_init(const cpu_backend_impl *impl, const ncsn_conv_desc *d, conv_shapes *s) {
+static void conv_shapes_init(const cpu_backend_impl *impl, const ncsn_conv_desc *d, ncsn_precision precision,
+                             conv_shapes *s) {
     s->src[0] = d->N; s->src[1] = d->C; s->src[2] = d->H; s->src[3] = d->W;
     s->wei[0] = d->K; s->wei[1] = d->C; s->wei[2] = d->ksize; s->wei[3] = d->ksize;
     s->bias[0] = d->K;
@@ -193,99 +238,148 @@ static void conv_shapes_init(const cpu_backend_impl *impl, const ncsn_conv_desc 
     s->strides[0] = s->strides[1] = 1;
     s->dilates[0] = s->dilates[1] = d->dilation - 1;               /* oneDNN counts from 0 */
     s->pad[0] = s->pad[1] = (dnnl_dim_t)d->dilation * (d->ksize / 2); /* "same" */
-    s->user_src = plain_md(4, s->src, dnnl_nchw);
-    s->user_wei = plain_md(4, s->wei, dnnl_oihw);
-    s->user_bias = plain_md(1, s->bias, dnnl_x);
-    s->user_dst = plain_md(4, s->dst, dnnl_nchw);
+    s->user_src = make_md(4, s->src, dnnl_f32, dnnl_nchw);
+    s->user_wei = make_md(4, s->wei, dnnl_f32, dnnl_oihw);
+    s->user_bias = make_md(1, s->bias, dnnl_f32, dnnl_x);
+    s->user_dst = make_md(4, s->dst, dnnl_f32, dnnl_nchw);
     dnnl_format_tag_t act = impl->layout == CPU_CONV_LAYOUT_NCHW   ? dnnl_nchw
                             : impl->layout == CPU_CONV_LAYOUT_NHWC ? dnnl_nhwc
                                                                    : dnnl_format_tag_any;
-    s->any_src = plain_md(4, s->src, act);
-    s->any_wei = plain_md(4, s->wei, dnnl_format_tag_any);
-    s->any_bias = plain_md(1, s->bias, dnnl_format_tag_any);
-    s->any_dst = plain_md(4, s->dst, act);
+    dnnl_data_type_t in = precision == NCSN_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    s->src_in = make_md(4, s->src, in, act);
+    s->wei_in = make_md(4, s->wei, in, dnnl_format_tag_any);
+    s->dst_in = make_md(4, s->dst, in, act);
+    s->src_out = make_md(4, s->src, dnnl_f32, act);
+    s->wei_out = make_md(4, s->wei, dnnl_f32, dnnl_format_tag_any);
+    s->dst_out = make_md(4, s->dst, dnnl_f32, act);
+    s->bias_any = make_md(1, s->bias, dnnl_f32, dnnl_format_tag_any);
 }
 
 /* Primitive descriptor with a user-managed scratchpad (one shared buffer, grown to the
- * largest primitive's need, instead of one allocation per primitive). */
+ * largest primitive's need, instead of one allocation per primitive). FP32 must succeed.
+ * BF16 may not: then it returns NULL with the reason in `why`. */
 static dnnl_primitive_desc_t create_pd(cpu_backend_impl *impl, const dnnl_convolution_desc_t *cd,
-                                       const_dnnl_primitive_desc_t hint) {
+                                       const_dnnl_primitive_desc_t hint, ncsn_precision precision, char *why,
+                                       size_t whylen) {
     dnnl_primitive_attr_t attr;
     DNNL_CHECK(dnnl_primitive_attr_create(&attr));
     DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
-    dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, cd, attr, impl->engine, hint));
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t status = dnnl_primitive_desc_create(&pd, cd, attr, impl->engine, hint);
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    if (precision != NCSN_PRECISION_BF16) {
+        DNNL_CHECK(status);
+        return pd;
+    }
+    if (status == dnnl_unimplemented) {
+        snprintf(why, whylen, "oneDNN answers unimplemented");
+        return NULL;
+    }
+    DNNL_CHECK(status); /* anything but "unimplemented" is a real error */
+    const char *name = impl_info(pd);
+    if (!strncmp(name, "ref", 3)) {
+        snprintf(why, whylen, "only oneDNN's reference implementation '%s' would run", name);
+        DNNL_CHECK(dnnl_primitive_desc_destroy(pd));
+        return NULL;
+    }
     return pd;
 }
 
-static void direction_finish(cpu_backend_impl *impl, conv_direction *dir) {
-    DNNL_CHECK(dnnl_primitive_create(&dir->prim, dir->pd));
-    const dnnl_memory_desc_t *scratch_md = query_md(dir->pd, dnnl_query_scratchpad_md);
-    dir->scratchpad_bytes = dnnl_memory_desc_get_size(scratch_md);
-    DNNL_CHECK(dnnl_memory_create(&dir->scratchpad_mem, scratch_md, impl->engine, DNNL_MEMORY_NONE));
-    dir->ready = 1;
+static void primitive_finish(cpu_backend_impl *impl, conv_primitive *p) {
+    DNNL_CHECK(dnnl_primitive_create(&p->prim, p->pd));
+    const dnnl_memory_desc_t *scratch_md = query_md(p->pd, dnnl_query_scratchpad_md);
+    p->scratchpad_bytes = dnnl_memory_desc_get_size(scratch_md);
+    DNNL_CHECK(dnnl_memory_create(&p->scratchpad_mem, scratch_md, impl->engine, DNNL_MEMORY_NONE));
+    p->ready = 1;
+}
+
+/* A BF16 direction without a bf16 primitive: served by the FP32 entry from now on. */
+static void fall_back_to_fp32(cpu_backend_impl *impl, cpu_conv_entry *e, cpu_conv_direction dir, const char *why) {
+    e->dir[dir].runs_fp32 = 1;
+    e->dir[dir].ready = 1;
+    if (impl->bf16_fallback_reported[dir]) return;
+    impl->bf16_fallback_reported[dir] = 1;
+    const ncsn_conv_desc *d = &e->desc;
+    fprintf(stderr,
+            "ncsn: cpu: no bf16 %s convolution on this CPU (%s, first for N=%d C=%d %dx%d K=%d k%d d%d); "
+            "such convolutions run in fp32\n",
+            direction_names[dir], why, d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation);
+}
+
+/* The primitive descriptor of direction `dir` from `cd` (the backward ones hinted by the
+ * entry's forward). Returns the primitive to complete, or NULL when a BF16 direction fell
+ * back to FP32. */
+static conv_primitive *begin_primitive(cpu_backend_impl *impl, cpu_conv_entry *e, cpu_conv_direction dir,
+                                       const dnnl_convolution_desc_t *cd) {
+    conv_primitive *p = &e->dir[dir];
+    const_dnnl_primitive_desc_t hint = dir == CPU_CONV_FORWARD ? NULL : e->dir[CPU_CONV_FORWARD].pd;
+    char why[160];
+    p->pd = create_pd(impl, cd, hint, e->precision, why, sizeof why);
+    if (p->pd) return p;
+    fall_back_to_fp32(impl, e, dir, why);
+    return NULL;
 }
 
 static void build_forward(cpu_backend_impl *impl, cpu_conv_entry *e) {
     conv_shapes s;
-    conv_shapes_init(impl, &e->desc, &s);
+    conv_shapes_init(impl, &e->desc, e->precision, &s);
     dnnl_convolution_desc_t cd;
     DNNL_CHECK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
-                                                          &s.any_src, &s.any_wei,
-                                                          e->desc.has_bias ? &s.any_bias : NULL, &s.any_dst,
+                                                          &s.src_in, &s.wei_in,
+                                                          e->desc.has_bias ? &s.bias_any : NULL, &s.dst_out,
                                                           s.strides, s.dilates, s.pad, s.pad));
-    conv_direction *dir = &e->dir[DIR_FORWARD];
-    dir->pd = create_pd(impl, &cd, NULL);
-    conv_arg_init(impl, &dir->args[ARG_SRC], &s.user_src, query_md(dir->pd, dnnl_query_src_md), 0, 0);
-    conv_arg_init(impl, &dir->args[ARG_WEIGHTS], &s.user_wei, query_md(dir->pd, dnnl_query_weights_md), 0, 0);
-    conv_arg_init(impl, &dir->args[ARG_DST], &s.user_dst, query_md(dir->pd, dnnl_query_dst_md), 1, 0);
+    conv_primitive *p = begin_primitive(impl, e, CPU_CONV_FORWARD, &cd);
+    if (!p) return;
+    conv_arg_init(impl, &p->args[ARG_SRC], &s.user_src, query_md(p->pd, dnnl_query_src_md), 0, 0);
+    conv_arg_init(impl, &p->args[ARG_WEIGHTS], &s.user_wei, query_md(p->pd, dnnl_query_weights_md), 0, 0);
+    conv_arg_init(impl, &p->args[ARG_DST], &s.user_dst, query_md(p->pd, dnnl_query_dst_md), 1, 0);
     if (e->desc.has_bias)
-        conv_arg_init(impl, &dir->args[ARG_BIAS], &s.user_bias, query_bias_md(dir->pd, dnnl_query_weights_md), 0, 0);
-    direction_finish(impl, dir);
+        conv_arg_init(impl, &p->args[ARG_BIAS], &s.user_bias, query_bias_md(p->pd, dnnl_query_weights_md), 0, 0);
+    primitive_finish(impl, p);
 }
 
 static void build_backward_data(cpu_backend_impl *impl, cpu_conv_entry *e) {
     conv_shapes s;
-    conv_shapes_init(impl, &e->desc, &s);
+    conv_shapes_init(impl, &e->desc, e->precision, &s);
     dnnl_convolution_desc_t cd;
-    DNNL_CHECK(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &s.any_src,
-                                                                &s.any_wei, &s.any_dst, s.strides, s.dilates,
-                                                                s.pad, s.pad));
-    conv_direction *dir = &e->dir[DIR_BACKWARD_DATA];
-    dir->pd = create_pd(impl, &cd, e->dir[DIR_FORWARD].pd);
-    conv_arg_init(impl, &dir->args[ARG_SRC], &s.user_src, query_md(dir->pd, dnnl_query_diff_src_md), 1, 1);
-    conv_arg_init(impl, &dir->args[ARG_WEIGHTS], &s.user_wei, query_md(dir->pd, dnnl_query_weights_md), 0, 0);
-    conv_arg_init(impl, &dir->args[ARG_DST], &s.user_dst, query_md(dir->pd, dnnl_query_diff_dst_md), 0, 0);
-    direction_finish(impl, dir);
+    DNNL_CHECK(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &s.src_out, &s.wei_in,
+                                                                &s.dst_in, s.strides, s.dilates, s.pad, s.pad));
+    conv_primitive *p = begin_primitive(impl, e, CPU_CONV_BACKWARD_DATA, &cd);
+    if (!p) return;
+    conv_arg_init(impl, &p->args[ARG_SRC], &s.user_src, query_md(p->pd, dnnl_query_diff_src_md), 1, 1);
+    conv_arg_init(impl, &p->args[ARG_WEIGHTS], &s.user_wei, query_md(p->pd, dnnl_query_weights_md), 0, 0);
+    conv_arg_init(impl, &p->args[ARG_DST], &s.user_dst, query_md(p->pd, dnnl_query_diff_dst_md), 0, 0);
+    primitive_finish(impl, p);
 }
 
 static void build_backward_weights(cpu_backend_impl *impl, cpu_conv_entry *e) {
     conv_shapes s;
-    conv_shapes_init(impl, &e->desc, &s);
+    conv_shapes_init(impl, &e->desc, e->precision, &s);
     dnnl_convolution_desc_t cd;
     DNNL_CHECK(dnnl_dilated_convolution_backward_weights_desc_init(
-        &cd, dnnl_convolution_direct, &s.any_src, &s.any_wei, e->desc.has_bias ? &s.any_bias : NULL, &s.any_dst,
+        &cd, dnnl_convolution_direct, &s.src_in, &s.wei_out, e->desc.has_bias ? &s.bias_any : NULL, &s.dst_in,
         s.strides, s.dilates, s.pad, s.pad));
-    conv_direction *dir = &e->dir[DIR_BACKWARD_WEIGHTS];
-    dir->pd = create_pd(impl, &cd, e->dir[DIR_FORWARD].pd);
-    conv_arg_init(impl, &dir->args[ARG_SRC], &s.user_src, query_md(dir->pd, dnnl_query_src_md), 0, 0);
-    conv_arg_init(impl, &dir->args[ARG_WEIGHTS], &s.user_wei, query_md(dir->pd, dnnl_query_diff_weights_md), 1, 1);
-    conv_arg_init(impl, &dir->args[ARG_DST], &s.user_dst, query_md(dir->pd, dnnl_query_diff_dst_md), 0, 0);
+    conv_primitive *p = begin_primitive(impl, e, CPU_CONV_BACKWARD_WEIGHTS, &cd);
+    if (!p) return;
+    conv_arg_init(impl, &p->args[ARG_SRC], &s.user_src, query_md(p->pd, dnnl_query_src_md), 0, 0);
+    conv_arg_init(impl, &p->args[ARG_WEIGHTS], &s.user_wei, query_md(p->pd, dnnl_query_diff_weights_md), 1, 1);
+    conv_arg_init(impl, &p->args[ARG_DST], &s.user_dst, query_md(p->pd, dnnl_query_diff_dst_md), 0, 0);
     if (e->desc.has_bias) {
         /* K floats, plain: staged in a scratch buffer and added by a serial loop (a reorder
          * with a sum post-op would be one more parallel region for a few hundred adds). */
-        const dnnl_memory_desc_t *bias_md = query_bias_md(dir->pd, dnnl_query_diff_weights_md);
+        const dnnl_memory_desc_t *bias_md = query_bias_md(p->pd, dnnl_query_diff_weights_md);
         NCSN_CHECKF(dnnl_memory_desc_equal(bias_md, &s.user_bias), "oneDNN chose a non-plain diff_bias layout");
-        conv_arg_init(impl, &dir->args[ARG_BIAS], &s.user_bias, bias_md, 1, 0);
+        conv_arg_init(impl, &p->args[ARG_BIAS], &s.user_bias, bias_md, 1, 0);
     }
-    direction_finish(impl, dir);
+    primitive_finish(impl, p);
 }
 
-static cpu_conv_entry *conv_lookup(cpu_backend_impl *impl, const ncsn_conv_desc *d, int direction) {
+static cpu_conv_entry *conv_lookup(cpu_backend_impl *impl, const ncsn_conv_desc *d, ncsn_precision precision,
+                                   cpu_conv_direction direction) {
     cpu_conv_entry *e = NULL;
     for (int i = 0; i < impl->conv_cache_count; i++)
-        if (conv_desc_equal(&impl->conv_cache[i].desc, d)) e = &impl->conv_cache[i];
+        if (impl->conv_cache[i].precision == precision && conv_desc_equal(&impl->conv_cache[i].desc, d))
+            e = &impl->conv_cache[i];
     if (!e) {
         if (impl->conv_cache_count == impl->conv_cache_capacity) {
             /* No pointer to an entry outlives one op call, so the entries may move; the
@@ -301,21 +395,38 @@ static cpu_conv_entry *conv_lookup(cpu_backend_impl *impl, const ncsn_conv_desc 
         memset(e, 0, sizeof *e);
         e->desc = *d;
         e->desc.has_bias = !!d->has_bias;
+        e->precision = precision;
         build_forward(impl, e); /* also the hint for both backward directions */
     }
     if (!e->dir[direction].ready) {
-        if (direction == DIR_BACKWARD_DATA) build_backward_data(impl, e);
-        if (direction == DIR_BACKWARD_WEIGHTS) build_backward_weights(impl, e);
+        if (e->dir[CPU_CONV_FORWARD].runs_fp32) {
+            /* The backward primitives need a bf16 forward as their hint; without one they
+             * fall back with it (oneDNN with no bf16 forward has no bf16 backward either). */
+            fall_back_to_fp32(impl, e, direction, "no bf16 forward primitive to build it from");
+        } else {
+            if (direction == CPU_CONV_BACKWARD_DATA) build_backward_data(impl, e);
+            if (direction == CPU_CONV_BACKWARD_WEIGHTS) build_backward_weights(impl, e);
+        }
     }
     return e;
 }
 
-static void run_primitive(cpu_backend_impl *impl, conv_direction *dir, dnnl_exec_arg_t *args, int nargs) {
-    void *scratch = cpu_scratch_reserve(&impl->scratchpad, dir->scratchpad_bytes);
-    DNNL_CHECK(dnnl_memory_set_data_handle(dir->scratchpad_mem, scratch));
+/* The primitive that runs direction `dir` of `d` at the backend's precision. The pointer
+ * is valid until the next lookup (the cache may grow and move). */
+static conv_primitive *conv_get(ncsn_backend *be, const ncsn_conv_desc *d, cpu_conv_direction dir) {
+    cpu_backend_impl *impl = be->impl;
+    ncsn_precision precision = cpu_precision(be->precision);
+    cpu_conv_entry *e = conv_lookup(impl, d, precision, dir);
+    if (e->dir[dir].runs_fp32) e = conv_lookup(impl, d, NCSN_PRECISION_FP32, dir);
+    return &e->dir[dir];
+}
+
+static void run_primitive(cpu_backend_impl *impl, conv_primitive *p, dnnl_exec_arg_t *args, int nargs) {
+    void *scratch = cpu_scratch_reserve(&impl->scratchpad, p->scratchpad_bytes);
+    DNNL_CHECK(dnnl_memory_set_data_handle(p->scratchpad_mem, scratch));
     args[nargs].arg = DNNL_ARG_SCRATCHPAD;
-    args[nargs].memory = dir->scratchpad_mem;
-    DNNL_CHECK(dnnl_primitive_execute(dir->prim, impl->stream, nargs + 1, args));
+    args[nargs].memory = p->scratchpad_mem;
+    DNNL_CHECK(dnnl_primitive_execute(p->prim, impl->stream, nargs + 1, args));
 }
 
 /* ---- the three ops ------------------------------------------------------------------- */
@@ -325,23 +436,22 @@ void cpu_conv2d_forward(ncsn_backend *be, float *out, const float *in, const flo
     conv_desc_check(d, "conv2d_forward");
     NCSN_CHECKF(!d->has_bias || b, "conv2d_forward: has_bias but b is NULL");
     cpu_backend_impl *impl = be->impl;
-    cpu_conv_entry *e = conv_lookup(impl, d, DIR_FORWARD);
-    conv_direction *dir = &e->dir[DIR_FORWARD];
-    stage_input(impl, &dir->args[ARG_SRC], in, &impl->src_buf);
-    stage_input(impl, &dir->args[ARG_WEIGHTS], w, &impl->weights_buf);
-    prepare_output(&dir->args[ARG_DST], out, &impl->dst_buf, 0);
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, dir->args[ARG_SRC].prim_mem},
-                               {DNNL_ARG_WEIGHTS, dir->args[ARG_WEIGHTS].prim_mem},
-                               {DNNL_ARG_DST, dir->args[ARG_DST].prim_mem}};
+    conv_primitive *p = conv_get(be, d, CPU_CONV_FORWARD);
+    stage_input(impl, &p->args[ARG_SRC], in, &impl->src_buf);
+    stage_input(impl, &p->args[ARG_WEIGHTS], w, &impl->weights_buf);
+    prepare_output(&p->args[ARG_DST], out, &impl->dst_buf, 0);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->args[ARG_SRC].prim_mem},
+                               {DNNL_ARG_WEIGHTS, p->args[ARG_WEIGHTS].prim_mem},
+                               {DNNL_ARG_DST, p->args[ARG_DST].prim_mem}};
     int nargs = 3;
     if (d->has_bias) {
-        stage_input(impl, &dir->args[ARG_BIAS], b, &impl->bias_buf);
+        stage_input(impl, &p->args[ARG_BIAS], b, &impl->bias_buf);
         args[nargs].arg = DNNL_ARG_BIAS;
-        args[nargs].memory = dir->args[ARG_BIAS].prim_mem;
+        args[nargs].memory = p->args[ARG_BIAS].prim_mem;
         nargs++;
     }
-    run_primitive(impl, dir, args, nargs);
-    finish_output(impl, &dir->args[ARG_DST], out, 0);
+    run_primitive(impl, p, args, nargs);
+    finish_output(impl, &p->args[ARG_DST], out, 0);
     DNNL_CHECK(dnnl_stream_wait(impl->stream));
 }
 
@@ -349,16 +459,15 @@ void cpu_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, c
                               const ncsn_conv_desc *d, int accumulate) {
     conv_desc_check(d, "conv2d_backward_data");
     cpu_backend_impl *impl = be->impl;
-    cpu_conv_entry *e = conv_lookup(impl, d, DIR_BACKWARD_DATA);
-    conv_direction *dir = &e->dir[DIR_BACKWARD_DATA];
-    stage_input(impl, &dir->args[ARG_DST], dout, &impl->dst_buf);
-    stage_input(impl, &dir->args[ARG_WEIGHTS], w, &impl->weights_buf);
-    prepare_output(&dir->args[ARG_SRC], din, &impl->src_buf, accumulate);
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_DIFF_DST, dir->args[ARG_DST].prim_mem},
-                               {DNNL_ARG_WEIGHTS, dir->args[ARG_WEIGHTS].prim_mem},
-                               {DNNL_ARG_DIFF_SRC, dir->args[ARG_SRC].prim_mem}};
-    run_primitive(impl, dir, args, 3);
-    finish_output(impl, &dir->args[ARG_SRC], din, accumulate);
+    conv_primitive *p = conv_get(be, d, CPU_CONV_BACKWARD_DATA);
+    stage_input(impl, &p->args[ARG_DST], dout, &impl->dst_buf);
+    stage_input(impl, &p->args[ARG_WEIGHTS], w, &impl->weights_buf);
+    prepare_output(&p->args[ARG_SRC], din, &impl->src_buf, accumulate);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_DIFF_DST, p->args[ARG_DST].prim_mem},
+                               {DNNL_ARG_WEIGHTS, p->args[ARG_WEIGHTS].prim_mem},
+                               {DNNL_ARG_DIFF_SRC, p->args[ARG_SRC].prim_mem}};
+    run_primitive(impl, p, args, 3);
+    finish_output(impl, &p->args[ARG_SRC], din, accumulate);
     DNNL_CHECK(dnnl_stream_wait(impl->stream));
 }
 
@@ -367,28 +476,43 @@ void cpu_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *
     conv_desc_check(d, "conv2d_backward_weights_accumulate");
     NCSN_CHECKF(!d->has_bias || db, "conv2d_backward_weights_accumulate: has_bias but db is NULL");
     cpu_backend_impl *impl = be->impl;
-    cpu_conv_entry *e = conv_lookup(impl, d, DIR_BACKWARD_WEIGHTS);
-    conv_direction *dir = &e->dir[DIR_BACKWARD_WEIGHTS];
-    stage_input(impl, &dir->args[ARG_SRC], in, &impl->src_buf);
-    stage_input(impl, &dir->args[ARG_DST], dout, &impl->dst_buf);
-    prepare_output(&dir->args[ARG_WEIGHTS], dw, &impl->weights_buf, 1);
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, dir->args[ARG_SRC].prim_mem},
-                               {DNNL_ARG_DIFF_DST, dir->args[ARG_DST].prim_mem},
-                               {DNNL_ARG_DIFF_WEIGHTS, dir->args[ARG_WEIGHTS].prim_mem}};
+    conv_primitive *p = conv_get(be, d, CPU_CONV_BACKWARD_WEIGHTS);
+    stage_input(impl, &p->args[ARG_SRC], in, &impl->src_buf);
+    stage_input(impl, &p->args[ARG_DST], dout, &impl->dst_buf);
+    prepare_output(&p->args[ARG_WEIGHTS], dw, &impl->weights_buf, 1);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->args[ARG_SRC].prim_mem},
+                               {DNNL_ARG_DIFF_DST, p->args[ARG_DST].prim_mem},
+                               {DNNL_ARG_DIFF_WEIGHTS, p->args[ARG_WEIGHTS].prim_mem}};
     int nargs = 3;
     float *bias_grad = NULL;
     if (d->has_bias) {
         bias_grad = cpu_scratch_reserve(&impl->bias_buf, (size_t)d->K * sizeof(float));
-        DNNL_CHECK(dnnl_memory_set_data_handle(dir->args[ARG_BIAS].prim_mem, bias_grad));
+        DNNL_CHECK(dnnl_memory_set_data_handle(p->args[ARG_BIAS].prim_mem, bias_grad));
         args[nargs].arg = DNNL_ARG_DIFF_BIAS;
-        args[nargs].memory = dir->args[ARG_BIAS].prim_mem;
+        args[nargs].memory = p->args[ARG_BIAS].prim_mem;
         nargs++;
     }
-    run_primitive(impl, dir, args, nargs);
-    finish_output(impl, &dir->args[ARG_WEIGHTS], dw, 1);
+    run_primitive(impl, p, args, nargs);
+    finish_output(impl, &p->args[ARG_WEIGHTS], dw, 1);
     DNNL_CHECK(dnnl_stream_wait(impl->stream));
     if (d->has_bias)
         for (int k = 0; k < d->K; k++) db[k] += bias_grad[k];
+}
+
+ncsn_precision cpu_conv_effective_precision(ncsn_backend *be, const ncsn_conv_desc *d, cpu_conv_direction dir,
+                                            const char **impl_name) {
+    conv_desc_check(d, "cpu_conv_effective_precision");
+    NCSN_CHECKF(dir >= CPU_CONV_FORWARD && dir < CPU_CONV_DIRECTIONS, "cpu_conv_effective_precision: direction %d",
+                (int)dir);
+    cpu_backend_impl *impl = be->impl;
+    ncsn_precision precision = cpu_precision(be->precision);
+    cpu_conv_entry *e = conv_lookup(impl, d, precision, dir);
+    if (e->dir[dir].runs_fp32) {
+        precision = NCSN_PRECISION_FP32;
+        e = conv_lookup(impl, d, precision, dir);
+    }
+    if (impl_name) *impl_name = impl_info(e->dir[dir].pd);
+    return precision;
 }
 
 /* ---- gemm ---------------------------------------------------------------------------- */
@@ -417,12 +541,12 @@ void cpu_conv_init(cpu_backend_impl *impl) {
 void cpu_conv_destroy(cpu_backend_impl *impl) {
     for (int i = 0; i < impl->conv_cache_count; i++) {
         cpu_conv_entry *e = &impl->conv_cache[i];
-        for (int k = 0; k < DIR_COUNT; k++) {
-            conv_direction *dir = &e->dir[k];
-            for (int a = 0; a < ARG_COUNT; a++) conv_arg_destroy(&dir->args[a]);
-            if (dir->prim) DNNL_CHECK(dnnl_primitive_destroy(dir->prim));
-            if (dir->pd) DNNL_CHECK(dnnl_primitive_desc_destroy(dir->pd));
-            if (dir->scratchpad_mem) DNNL_CHECK(dnnl_memory_destroy(dir->scratchpad_mem));
+        for (int k = 0; k < CPU_CONV_DIRECTIONS; k++) {
+            conv_primitive *p = &e->dir[k];
+            for (int a = 0; a < ARG_COUNT; a++) conv_arg_destroy(&p->args[a]);
+            if (p->prim) DNNL_CHECK(dnnl_primitive_destroy(p->prim));
+            if (p->pd) DNNL_CHECK(dnnl_primitive_desc_destroy(p->pd));
+            if (p->scratchpad_mem) DNNL_CHECK(dnnl_memory_destroy(p->scratchpad_mem));
         }
     }
     free(impl->conv_cache);

@@ -39,7 +39,16 @@
  * on both backwards; so ANY, reorders included, is the fastest overall. */
 typedef enum { CPU_CONV_LAYOUT_ANY = 0, CPU_CONV_LAYOUT_NCHW = 1, CPU_CONV_LAYOUT_NHWC = 2 } cpu_conv_layout;
 
-typedef struct cpu_conv_entry cpu_conv_entry; /* one cached ncsn_conv_desc (cpu_conv.c) */
+typedef struct cpu_conv_entry cpu_conv_entry; /* one cached (ncsn_conv_desc, precision) (cpu_conv.c) */
+
+/* The three convolution directions; each cache entry holds one primitive per direction.
+ * (Added with the BF16 path: tests ask which implementation a direction runs.) */
+typedef enum {
+    CPU_CONV_FORWARD = 0,
+    CPU_CONV_BACKWARD_DATA = 1,
+    CPU_CONV_BACKWARD_WEIGHTS = 2,
+    CPU_CONV_DIRECTIONS = 3
+} cpu_conv_direction;
 
 /* A grow-only host buffer reused across calls (reorder targets, oneDNN scratchpad). */
 typedef struct {
@@ -51,9 +60,13 @@ typedef struct {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     cpu_conv_layout layout;
-    /* Convolution primitives, one entry per distinct ncsn_conv_desc (a model has tens). */
+    /* Convolution primitives, one entry per distinct (ncsn_conv_desc, precision): a model
+     * has tens per precision. */
     cpu_conv_entry *conv_cache;
     int conv_cache_count, conv_cache_capacity;
+    /* BF16: set once a direction had to fall back to fp32 (no jit bf16 primitive on this
+     * CPU), so the one-line explanation is printed once per direction, not per shape. */
+    int bf16_fallback_reported[CPU_CONV_DIRECTIONS];
     /* Shared scratch, grown to the largest need and then reused, so that a training or
      * sampling step allocates nothing: the oneDNN scratchpad (user mode, one buffer for
      * every primitive), reorder targets for src, weights and dst, the bias-gradient staging
@@ -75,5 +88,12 @@ void cpu_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, c
 void cpu_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *db, const float *in,
                                             const float *dout, const ncsn_conv_desc *d);
 void cpu_gemm_nt(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K);
+/* The precision direction `dir` of convolution `d` actually runs in at be->precision
+ * (building its primitive if needed): NCSN_PRECISION_BF16 only where oneDNN has a jit bf16
+ * primitive on this CPU, else NCSN_PRECISION_FP32. *impl_name (if not NULL) receives
+ * oneDNN's implementation name, e.g. "jit_bf16:avx512_core_bf16"; it stays valid until the
+ * backend is destroyed. For tests and benchmarks. */
+ncsn_precision cpu_conv_effective_precision(ncsn_backend *be, const ncsn_conv_desc *d, cpu_conv_direction dir,
+                                            const char **impl_name);
 
 #endif /* NCSN_CPU_INTERNAL_H */

@@ -112,6 +112,9 @@ typedef struct {
      * a convolution. */
     cuda_conv_plan *plans;
     int plan_count, plan_capacity;
+    /* BF16: set once a shape had no cuDNN bf16 engine and fell back to TF32, so that the
+     * one-line note is printed once (NCSN_CUDA_VERBOSE lists every shape). */
+    int bf16_fallback_reported;
 } cuda_backend_impl;
 
 static inline cuda_backend_impl *cuda_impl(ncsn_backend *be) { return (cuda_backend_impl *)be->impl; }
@@ -128,6 +131,12 @@ void cuda_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, 
                                int accumulate);
 void cuda_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *db, const float *in, const float *dout,
                                              const ncsn_conv_desc *d);
+/* The precision direction `direction` (0 forward, 1 backward-data, 2 backward-filter) of
+ * `d` actually runs in at be->precision, building its plan if needed: BF16 shapes without
+ * a cuDNN bf16 engine run in TF32. For BF16, *bf16_output (if not NULL) says whether cuDNN
+ * writes the output in bf16 (1) or fp32 (0). For tests (tests/test_precision.c). */
+ncsn_precision cuda_conv_effective_precision(ncsn_backend *be, const ncsn_conv_desc *d, int direction,
+                                             int *bf16_output);
 #endif /* !__CUDACC__ */
 
 #ifdef __cplusplus

@@ -104,6 +104,17 @@ void ncsn_cuda_langevin_step(cudaStream_t stream, float *x, const float *score, 
                              uint64_t seed, uint32_t example_offset, uint32_t step);
 void ncsn_cuda_denoise_step(cudaStream_t stream, float *x, const float *score, size_t n, float sigma_last_sq);
 
+/* ---- convert.cu: BF16 convolution staging (host/cuda_conv.c). A tensor is viewed as
+ *      [B][C][S] channels-first (NCHW: B = N, S = H*W; KCRS filters: B = K, S = kh*kw) or
+ *      [B][S][C] channels-last; bf16 buffers are uint16_t bit patterns so that C callers
+ *      need no CUDA type. ---- */
+/* dst[b][s][c] = bf16 round-to-nearest-even of src[b][c][s] */
+void ncsn_cuda_channels_first_to_last_bf16(cudaStream_t stream, uint16_t *dst, const float *src, int B, int C,
+                                           size_t S);
+/* dst[b][c][s] = (or += when accumulate) src[b][s][c]; src is bf16 when src_is_bf16, else fp32 */
+void ncsn_cuda_channels_last_to_first_f32(cudaStream_t stream, float *dst, const void *src, int src_is_bf16, int B,
+                                          int C, size_t S, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,152 @@
+/* bench_precision.c: CPU convolution throughput, FP32 against BF16, on the CIFAR-10 3x3 layers.
+ *
+ * The layers and the FLOP count are those of bench/bench_ops.c (C = K = 128 at 32x32,
+ * C = K = 256 at 16x16 with dilations 1, 2, 4; N = 32; FLOPs = 2 N K C 9 H W). Both
+ * precisions run on ONE backend whose be->precision is switched between calls, and every
+ * repetition times FP32 and BF16 back to back, so both see the same load on a shared
+ * machine; the table gives the median of each and the ratio BF16 / FP32 (> 1: BF16 is
+ * faster). Times include what a real call pays: the f32 -> bf16 reorders of the inputs and
+ * the reorder of the f32 output back to the user's NCHW.
+ *
+ * BF16 rounds the convolution inputs to 8 significant bits (tests/test_precision.c states
+ * and checks the error); on Zen 4 the avx512_bf16 dot product does two multiply-adds per
+ * fp32 lane, which bounds the gain at 2x before reorders and memory traffic.
+ *
+ * Usage: build/bench/bench_precision [runs]   (default 5; about 10 s on 2 cores)
+ */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "host/cpu_internal.h"
+#include "kernels/rng_math.h"
+#include "ncsn/backend.h"
+
+typedef struct {
+    const char *name;
+    int C, H, dilation;
+} bench_conv;
+
+static const bench_conv convs[] = {
+    {"128ch@32x32_d1", 128, 32, 1}, {"256ch@16x16_d1", 256, 16, 1}, {"256ch@16x16_d2", 256, 16, 2},
+    {"256ch@16x16_d4", 256, 16, 4}};
+enum { NCONV = sizeof convs / sizeof convs[0], NDIR = 3, NPREC = 2, BATCH = 32 };
+static const char *const dir_names[NDIR] = {"forward", "backward_data", "backward_weights"};
+static const ncsn_precision precisions[NPREC] = {NCSN_PRECISION_FP32, NCSN_PRECISION_BF16};
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double load_average(void) {
+    double load = -1.0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &load) != 1) load = -1.0;
+        fclose(f);
+    }
+    return load;
+}
+
+static void fill(float *p, size_t n, uint32_t stream, float scale) {
+    for (size_t i = 0; i < n; i++) p[i] = scale * (2.0f * ncsn_rng_uniform(1, NCSN_RNG_TOY, stream, 0, i) - 1.0f);
+}
+
+static void run_direction(ncsn_backend *be, int dir, const ncsn_conv_desc *d, float *y, float *dx, float *dw,
+                          float *db, const float *x, const float *dy, const float *w, const float *b) {
+    if (dir == 0) ncsn_conv2d_forward(be, y, x, w, b, d);
+    if (dir == 1) ncsn_conv2d_backward_data(be, dx, dy, w, d, 0);
+    if (dir == 2) ncsn_conv2d_backward_weights_accumulate(be, dw, db, x, dy, d);
+    ncsn_synchronize(be);
+}
+
+int main(int argc, char **argv) {
+    int runs = argc > 1 ? atoi(argv[1]) : 5;
+    if (runs < 1) runs = 1;
+    char err[256];
+    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    if (!be) {
+        fprintf(stderr, "bench_precision: cannot create the CPU backend: %s\n", err);
+        return 1;
+    }
+    printf("bench_precision: CPU backend, %d threads, N = %d, median of %d runs after 1 warm-up, "
+           "FP32 and BF16 interleaved\n",
+           omp_get_max_threads(), BATCH, runs);
+    double load_start = load_average();
+    printf("load average at start: %.2f (%s)\n", load_start,
+           load_start > omp_get_max_threads() ? "BUSY: other jobs share the cores, numbers are depressed"
+                                              : "quiet enough");
+
+    double ms[NCONV][NDIR][NPREC], gflops[NCONV][NDIR][NPREC];
+    const char *impl[NCONV][NDIR][NPREC];
+    double *times[NPREC];
+    for (int p = 0; p < NPREC; p++) times[p] = malloc(sizeof(double) * (size_t)runs);
+    for (int c = 0; c < NCONV; c++) {
+        const bench_conv *bc = &convs[c];
+        ncsn_conv_desc d = {BATCH, bc->C, bc->H, bc->H, bc->C, 3, bc->dilation, 1};
+        size_t nact = (size_t)BATCH * bc->C * bc->H * bc->H, nw = (size_t)bc->C * bc->C * 9;
+        float *x = ncsn_alloc(be, nact * sizeof(float)), *y = ncsn_alloc(be, nact * sizeof(float));
+        float *dy = ncsn_alloc(be, nact * sizeof(float)), *dx = ncsn_alloc(be, nact * sizeof(float));
+        float *w = ncsn_alloc(be, nw * sizeof(float)), *dw = ncsn_alloc(be, nw * sizeof(float));
+        float *b = ncsn_alloc(be, bc->C * sizeof(float)), *db = ncsn_alloc(be, bc->C * sizeof(float));
+        fill(x, nact, 1, 1.0f);
+        fill(dy, nact, 2, 1.0f);
+        fill(w, nw, 3, 0.03f);
+        fill(b, bc->C, 4, 0.1f);
+        double flops = 2.0 * BATCH * bc->C * bc->C * 9.0 * bc->H * bc->H;
+        for (int dir = 0; dir < NDIR; dir++) {
+            for (int r = -1; r < runs; r++)
+                for (int p = 0; p < NPREC; p++) {
+                    be->precision = precisions[p];
+                    double t0 = now_ms();
+                    run_direction(be, dir, &d, y, dx, dw, db, x, dy, w, b);
+                    if (r >= 0) times[p][r] = now_ms() - t0;
+                }
+            for (int p = 0; p < NPREC; p++) {
+                qsort(times[p], (size_t)runs, sizeof(double), cmp_double);
+                ms[c][dir][p] = times[p][runs / 2];
+                gflops[c][dir][p] = flops / (ms[c][dir][p] * 1e-3) * 1e-9;
+                be->precision = precisions[p];
+                ncsn_precision ran = cpu_conv_effective_precision(be, &d, (cpu_conv_direction)dir, &impl[c][dir][p]);
+                if (ran != precisions[p])
+                    printf("note: %s %s asked for bf16 but runs in fp32 (no bf16 primitive on this CPU)\n", bc->name,
+                           dir_names[dir]);
+            }
+        }
+        ncsn_free(be, x); ncsn_free(be, y); ncsn_free(be, dy); ncsn_free(be, dx);
+        ncsn_free(be, w); ncsn_free(be, dw); ncsn_free(be, b); ncsn_free(be, db);
+    }
+    for (int p = 0; p < NPREC; p++) free(times[p]);
+
+    printf("%-16s %-17s %9s %9s %9s %9s %7s  %s\n", "conv (N=32)", "direction", "fp32 ms", "GFLOP/s", "bf16 ms",
+           "GFLOP/s", "ratio", "oneDNN implementation (fp32 / bf16)");
+    double total[NPREC] = {0, 0}, total_dir[NDIR][NPREC];
+    memset(total_dir, 0, sizeof total_dir);
+    for (int c = 0; c < NCONV; c++)
+        for (int dir = 0; dir < NDIR; dir++) {
+            printf("%-16s %-17s %9.2f %9.1f %9.2f %9.1f %6.2fx  %s / %s\n", convs[c].name, dir_names[dir],
+                   ms[c][dir][0], gflops[c][dir][0], ms[c][dir][1], gflops[c][dir][1], ms[c][dir][0] / ms[c][dir][1],
+                   impl[c][dir][0], impl[c][dir][1]);
+            for (int p = 0; p < NPREC; p++) {
+                total[p] += ms[c][dir][p];
+                total_dir[dir][p] += ms[c][dir][p];
+            }
+        }
+    for (int dir = 0; dir < NDIR; dir++)
+        printf("all four layers, %-17s fp32 %8.1f ms  bf16 %8.1f ms  ratio %.2fx\n", dir_names[dir],
+               total_dir[dir][0], total_dir[dir][1], total_dir[dir][0] / total_dir[dir][1]);
+    printf("all four layers, all directions  fp32 %8.1f ms  bf16 %8.1f ms  ratio %.2fx\n", total[0], total[1],
+           total[0] / total[1]);
+    printf("load average at end: %.2f\n", load_average());
+    ncsn_cpu_backend_destroy(be);
+    return 0;
+}
