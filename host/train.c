@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,11 @@ struct ncsn_trainer {
     ncsn_model *m;
     const ncsn_config *cfg;
     uint64_t seed;
-    int B, L, C, H, W;
+    int B, L, C, H, W; /* B: this rank's rows of the batch */
+    /* Data parallelism: the global batch and this rank's first global position in it
+     * (B and 0 for one process); comm all-reduces the gradients (NULL: one process). */
+    int global_B, first_row;
+    ncsn_comm *comm;
     size_t D; /* C*H*W */
     size_t P; /* parameters */
     int ssm;  /* training.algo == ssm */
@@ -92,6 +97,8 @@ ncsn_trainer *ncsn_trainer_create(ncsn_backend *be, ncsn_model *m, const ncsn_co
     t->cfg = cfg;
     t->seed = seed;
     t->B = B;
+    t->global_B = B;
+    t->first_row = 0;
     t->L = ncsn_model_num_levels(m);
     ncsn_model_input_shape(m, &t->C, &t->H, &t->W);
     t->D = ncsn_model_input_size(m);
@@ -149,6 +156,16 @@ void ncsn_trainer_free(ncsn_trainer *t) {
     free(t);
 }
 
+void ncsn_trainer_set_comm(ncsn_trainer *t, ncsn_comm *comm) {
+    NCSN_CHECK(t && comm);
+    int K = ncsn_comm_world_size(comm), rank = ncsn_comm_rank(comm);
+    NCSN_CHECK(K >= 1 && rank >= 0 && rank < K);
+    NCSN_CHECKF((long)t->B * K < 0x7fffffffL, "train: global batch %d x %d ranks", t->B, K);
+    t->comm = comm;
+    t->global_B = t->B * K;
+    t->first_row = rank * t->B;
+}
+
 float *ncsn_trainer_adam_m(ncsn_trainer *t) { return t->adam_m; }
 float *ncsn_trainer_adam_v(ncsn_trainer *t) { return t->adam_v; }
 float *ncsn_trainer_adam_vmax(ncsn_trainer *t) { return t->adam_vmax; }
@@ -159,9 +176,10 @@ double ncsn_trainer_grad_norm(const ncsn_trainer *t) { return t->last_grad_norm;
 /* torchvision RandomHorizontalFlip(p = 0.5), per example, on the host copy of the batch:
  * a flip is a permutation, so doing it while the batch passes through host memory costs
  * one pass over it and no backend op. */
-static void flip_batch_host(float *x, int B, int C, int H, int W, uint64_t seed, long step) {
+static void flip_batch_host(float *x, int B, int global_B, int first_row, int C, int H, int W, uint64_t seed,
+                            long step) {
     for (int n = 0; n < B; n++) {
-        uint32_t example = (uint32_t)((uint64_t)step * (uint64_t)B + (uint64_t)n);
+        uint32_t example = (uint32_t)((uint64_t)step * (uint64_t)global_B + (uint64_t)(first_row + n));
         if (!(ncsn_rng_u32(seed, NCSN_RNG_FLIP, example, (uint32_t)step, 0) >> 31)) continue;
         float *img = x + (size_t)n * (size_t)C * (size_t)H * (size_t)W;
         for (int row = 0; row < C * H; row++) {
@@ -179,7 +197,7 @@ static void flip_batch_host(float *x, int B, int C, int H, int W, uint64_t seed,
 static void preprocess(ncsn_trainer *t, long step) {
     ncsn_backend *be = t->be;
     size_t BD = (size_t)t->B * t->D;
-    uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->B);
+    uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->global_B + (uint64_t)t->first_row);
     if (t->uniform_dequant) {
         /* x / 256 * 255 + U[0,1) / 256, in the float32 operation order of
          * ncsn_dequantize_element: x * (255/256) rounded once, u / 256 exact, sum rounded. */
@@ -214,11 +232,13 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
     ncsn_model *m = t->m;
     const ncsn_config *cfg = t->cfg;
     size_t BD = (size_t)t->B * t->D;
-    uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->B);
+    /* Global example index of this rank's first row (train.h: g = s*B + n, B global). */
+    uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->global_B + (uint64_t)t->first_row);
 
-    /* 1. Batch and labels: one uniform level index per example (torch.randint(0, L, (B,))). */
-    if (t->flip) flip_batch_host(x_host, t->B, t->C, t->H, t->W, t->seed, step);
-    for (int n = 0; n < t->B; n++) t->labels_host[n] = ncsn_train_label(t->seed, step, n, t->L);
+    /* 1. Batch and labels: one uniform level index per example (torch.randint(0, L, (B,))),
+     *    keyed by the example's global position so any number of ranks draws the same levels. */
+    if (t->flip) flip_batch_host(x_host, t->B, t->global_B, t->first_row, t->C, t->H, t->W, t->seed, step);
+    for (int n = 0; n < t->B; n++) t->labels_host[n] = ncsn_train_label(t->seed, step, t->first_row + n, t->L);
     ncsn_copy_to_device(be, t->x, x_host, BD * sizeof(float));
     ncsn_copy_to_device(be, t->labels, t->labels_host, (size_t)t->B * sizeof(int32_t));
     preprocess(t, step);
@@ -244,6 +264,11 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
      *    coef = max_norm / (norm + 1e-6), applied when below 1. The scale depends on a
      *    device reduction: this is the step's one host synchronisation (clipping only). */
     float *grads = ncsn_model_grads(m);
+    /* 3b. Data parallel: each rank's gradient is that of the mean loss over its slice; their
+     *     mean over ranks (equal slices) is the gradient of the global-batch mean loss. One
+     *     reduction of the whole buffer: on the CPU (shm) there is nothing to overlap it with;
+     *     the bucketed, overlapped form for NCCL is described in comm.h. */
+    if (t->comm && ncsn_comm_world_size(t->comm) > 1) ncsn_comm_allreduce_mean(t->comm, be, grads, t->P);
     if (cfg->training.grad_clip > 0.0) {
         float norm2;
         ncsn_sum_squares(be, t->grad_norm2, grads, t->P);
@@ -388,7 +413,16 @@ typedef struct {
     double bucket[LOSS_BUCKETS];  /* mean per level bucket (NAN when empty) */
     int buckets;
     long examples;
+    /* The sums behind the means, so that ranks can combine their windows. */
+    double sum, bucket_sum[LOSS_BUCKETS];
+    long bucket_count[LOSS_BUCKETS];
 } window_stats;
+
+static void window_stats_finish(window_stats *s) {
+    s->loss = s->examples ? s->sum / (double)s->examples : NAN;
+    for (int b = 0; b < s->buckets; b++)
+        s->bucket[b] = s->bucket_count[b] ? s->bucket_sum[b] / (double)s->bucket_count[b] : NAN;
+}
 
 static window_stats window_summarise(const loss_window *w, int L) {
     window_stats s = {0};
@@ -407,8 +441,12 @@ static window_stats window_summarise(const loss_window *w, int L) {
             s.examples++;
         }
     }
-    s.loss = s.examples ? sum / (double)s.examples : NAN;
-    for (int b = 0; b < s.buckets; b++) s.bucket[b] = bcount[b] ? bsum[b] / (double)bcount[b] : NAN;
+    s.sum = sum;
+    for (int b = 0; b < s.buckets; b++) {
+        s.bucket_sum[b] = bsum[b];
+        s.bucket_count[b] = bcount[b];
+    }
+    window_stats_finish(&s);
     return s;
 }
 
@@ -422,7 +460,12 @@ typedef struct {
     ncsn_trainer *t;
     uint64_t seed;
     long step, total;
-    int B, keep_last;
+    int B, keep_last; /* B: the global batch */
+    /* Data parallelism (comm.h): K ranks, each with B_local = B / K rows of every batch;
+     * `lead` (rank 0) alone prints and writes files. K = 1: one process. */
+    ncsn_comm *comm;
+    int rank, K, B_local, lead;
+    float *reduce_buf; /* backend scratch for the small reductions below (K > 1) */
     long log_freq, snapshot_freq;
     ncsn_loader_state loader_state; /* after the last batch consumed */
     char last_good[4096];           /* newest checkpoint written or resumed from ("" = none) */
@@ -577,6 +620,69 @@ static void write_metrics(const train_run *r, const window_stats *s, double lr, 
     if (fclose(f) != 0) ncsn_die("%s: write failed: %s", r->metrics_path, strerror(errno));
 }
 
+/* ---- data parallelism: the run-level collectives (comm.h) ------------------------------ */
+
+/* Every rank calls these at the same points (start, log points, checkpoints), so the
+ * collectives pair up. They are cheap: a few floats, or one parameter pass per checkpoint. */
+
+#define REDUCE_SLOTS (2 + 2 * LOSS_BUCKETS)
+
+/* Combines the ranks' loss windows into the window of the global batch: the sums and
+ * counts go through the mean all-reduce (float32 sums: ~1e-7 relative, plenty for a
+ * logged loss; counts are small integers, rounded back). */
+static void reduce_window_stats(train_run *r, window_stats *s) {
+    if (r->K == 1) return;
+    float v[REDUCE_SLOTS] = {(float)s->sum, (float)s->examples};
+    for (int b = 0; b < LOSS_BUCKETS; b++) {
+        v[2 + b] = b < s->buckets ? (float)s->bucket_sum[b] : 0.0f;
+        v[2 + LOSS_BUCKETS + b] = b < s->buckets ? (float)s->bucket_count[b] : 0.0f;
+    }
+    ncsn_copy_to_device(r->be, r->reduce_buf, v, sizeof v);
+    ncsn_comm_allreduce_mean(r->comm, r->be, r->reduce_buf, REDUCE_SLOTS);
+    ncsn_copy_to_host(r->be, v, r->reduce_buf, sizeof v);
+    s->sum = (double)v[0] * r->K;
+    s->examples = lround((double)v[1] * r->K);
+    for (int b = 0; b < s->buckets; b++) {
+        s->bucket_sum[b] = (double)v[2 + b] * r->K;
+        s->bucket_count[b] = lround((double)v[2 + LOSS_BUCKETS + b] * r->K);
+    }
+    window_stats_finish(s);
+}
+
+/* Rank 0's parameters and optimiser state to every rank: a fresh run starts from rank 0's
+ * initialisation and a resumed one from what rank 0 read, whatever the others did. */
+static void broadcast_state(train_run *r) {
+    if (r->K == 1) return;
+    size_t P = ncsn_model_table(r->m)->total;
+    float *bufs[] = {ncsn_model_params(r->m), r->t->adam_m, r->t->adam_v, r->t->adam_vmax, r->t->ema};
+    for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++)
+        if (bufs[k]) ncsn_comm_broadcast(r->comm, r->be, bufs[k], P, 0);
+}
+
+/* The ranks' parameters must stay bit-identical (same reduced gradient, same Adam). At each
+ * checkpoint every rank hashes its parameters (64-bit FNV-1a of the bytes), and the four
+ * 16-bit pieces, exact in float32, are mean-reduced: the mean of identical values is the
+ * value itself, so a rank whose own hash differs from the mean has drifted (with K ranks
+ * at least one rank of a disagreeing set sees a difference) and stops the job. */
+static void check_ranks_agree(train_run *r) {
+    if (r->K == 1) return;
+    size_t P = ncsn_model_table(r->m)->total;
+    float *p = host_copy(r->be, ncsn_model_params(r->m), P);
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *bytes = (const unsigned char *)p;
+    for (size_t i = 0; i < P * sizeof(float); i++) h = (h ^ bytes[i]) * 1099511628211ull;
+    free(p);
+    float own[4], mean[4];
+    for (int k = 0; k < 4; k++) own[k] = (float)((h >> (16 * k)) & 0xffffu);
+    ncsn_copy_to_device(r->be, r->reduce_buf, own, sizeof own);
+    ncsn_comm_allreduce_mean(r->comm, r->be, r->reduce_buf, 4);
+    ncsn_copy_to_host(r->be, mean, r->reduce_buf, sizeof mean);
+    if (memcmp(own, mean, sizeof own))
+        ncsn_die("step %ld: rank %d's parameters differ from the other ranks' (hash %016llx): the data-parallel "
+                 "replicas diverged",
+                 r->step, r->rank, (unsigned long long)h);
+}
+
 /* Snapshot grid (v2 NCSNRunner.train with training.snapshot_sampling): 36 samples from the
  * EMA weights when model.ema, with the config's sampling section. The sampler's RNG is
  * keyed by its own purposes, so this leaves the training stream untouched. */
@@ -593,10 +699,10 @@ static void snapshot_samples(train_run *r) {
         ncsn_copy(r->be, backup, params, P * sizeof(float));
         ncsn_copy(r->be, params, r->t->ema, P * sizeof(float));
     }
-    if (r->B < n) ncsn_model_plan(r->m, n);
+    if (r->B_local < n) ncsn_model_plan(r->m, n);
     float *out = ncsn_xmalloc((size_t)n * (size_t)C * (size_t)H * (size_t)W * sizeof(float));
     ncsn_sample_model_host(r->be, r->m, &r->cfg, out, n, r->seed);
-    if (r->B < n) ncsn_model_plan(r->m, r->B);
+    if (r->B_local < n) ncsn_model_plan(r->m, r->B_local);
     if (backup) {
         ncsn_copy(r->be, params, backup, P * sizeof(float));
         ncsn_free(r->be, backup);
@@ -611,11 +717,13 @@ static void snapshot_samples(train_run *r) {
 
 static void train_usage(FILE *f) {
     fprintf(f, "usage: ncsn train --config F.yml --workdir DIR [--data PATH] [--device cpu|cuda|auto]\n"
-               "                  [--steps N] [--seed S] [--resume] [--keep-last K]\n"
+               "                  [--steps N] [--seed S] [--resume] [--keep-last K] [--nproc K]\n"
                "Trains as the official runners (DSM, or SSM with training.algo: ssm). --steps N trains until\n"
                "N updates are done (default training.n_iters); checkpoints go to DIR/checkpoint_<step>.safetensors\n"
                "every training.snapshot_freq steps and at the end; --resume continues from the newest one,\n"
-               "exactly. Metrics: DIR/metrics.jsonl every training.log_freq steps.\n");
+               "exactly. Metrics: DIR/metrics.jsonl every training.log_freq steps.\n"
+               "--nproc K trains data-parallel on K processes of this machine (training.batch_size is the global\n"
+               "batch, a multiple of K); under mpirun/srun the ranks come from the launcher (see comm.h).\n");
 }
 
 static long parse_long(const char *flag, const char *value, long lo, long hi) {
@@ -654,6 +762,7 @@ int ncsn_cmd_train(int argc, char **argv) {
             o.seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
             o.seed_given = 1;
         } else if (!strcmp(a, "--keep-last")) o.keep_last = (int)parse_long(a, v, 0, 1000000);
+        else if (!strcmp(a, "--nproc")) o.nproc = (int)parse_long(a, v, 1, NCSN_COMM_SHM_MAX_RANKS);
         else {
             train_usage(stderr);
             ncsn_die("train: unknown option '%s'", a);
@@ -663,7 +772,36 @@ int ncsn_cmd_train(int argc, char **argv) {
         train_usage(stderr);
         ncsn_die("train: --config and --workdir are required");
     }
+    ncsn_comm_env env;
+    ncsn_comm_env_read(&env);
+    if (o.nproc > 1 && !env.launched) {
+        /* The launcher: K copies of this very command line (/proc/self/exe train ARGS...,
+         * --nproc included: each child sees the rank variables, checks that --nproc agrees
+         * with them and trains as one rank). */
+        char **child_argv = ncsn_xmalloc((size_t)(argc + 3) * sizeof *child_argv);
+        child_argv[0] = program_invocation_name;
+        child_argv[1] = "train";
+        for (int i = 0; i < argc; i++) child_argv[2 + i] = argv[i];
+        child_argv[argc + 2] = NULL;
+        int rc = ncsn_comm_spawn_local(o.nproc, argc + 2, child_argv);
+        free(child_argv);
+        return rc;
+    }
     return ncsn_train(&o);
+}
+
+/* ncsn_die on rank 0; a quiet exit(1) on the others, which reach the same verdict. */
+static void die_on_lead(int lead, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die_on_lead(int lead, const char *fmt, ...) {
+    if (lead) {
+        char msg[1024];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        ncsn_die("%s", msg);
+    }
+    exit(1);
 }
 
 static const char *precision_name(ncsn_precision p) {
@@ -705,13 +843,39 @@ int ncsn_train(const ncsn_train_options *o) {
     make_dirs(o->workdir);
     snprintf(r->metrics_path, sizeof r->metrics_path, "%s/metrics.jsonl", o->workdir);
 
+    /* Data parallelism: one rank of K (comm.h); K = 1 without launcher variables. Every
+     * rank has passed the checks above before the rendezvous, so rank 0 cannot write a
+     * checkpoint that another rank's "already has checkpoints" check would see. */
+    ncsn_comm_env env;
+    ncsn_comm_env_read(&env);
+    /* Refusals that every rank reaches alike: checked before the rendezvous (no rank is left
+     * waiting for a dead one), printed by rank 0 only (one message, not K). */
+    if (o->nproc > 0 && o->nproc != env.world_size)
+        die_on_lead(env.rank == 0,
+                    "train: --nproc %d, but this process is one of %d ranks (%s): give --nproc only without a "
+                    "launcher, or make them agree",
+                    o->nproc, env.world_size, env.source);
+    if (r->B % env.world_size != 0)
+        die_on_lead(env.rank == 0,
+                    "%s: training.batch_size %d is not a multiple of the %d data-parallel ranks: every rank takes an "
+                    "equal slice of the global batch (use a rank count that divides %d)",
+                    o->config_path, r->B, env.world_size, r->B);
+    ncsn_comm_bind_local_gpu();
     r->be = ncsn_backend_create_from_name(o->device ? o->device : "auto");
     const int on_cpu = r->be->kind == NCSN_DEVICE_CPU;
+    r->comm = ncsn_comm_create(r->be);
+    r->K = ncsn_comm_world_size(r->comm);
+    r->rank = ncsn_comm_rank(r->comm);
+    r->lead = r->rank == 0;
+    NCSN_CHECKF(r->K == env.world_size && r->B % r->K == 0, "train: %d ranks, batch %d", r->K, r->B);
+    r->B_local = r->B / r->K;
+    if (r->K > 1) r->reduce_buf = alloc_floats(r->be, REDUCE_SLOTS, "reduction scratch");
     r->m = ncsn_model_create(r->be, cfg);
-    ncsn_model_plan(r->m, r->B);
+    ncsn_model_plan(r->m, r->B_local);
     r->seed = o->seed_given ? o->seed : NCSN_TRAIN_DEFAULT_SEED;
     if (o->resume) {
-        r->t = ncsn_trainer_create(r->be, r->m, cfg, r->seed, r->B);
+        r->t = ncsn_trainer_create(r->be, r->m, cfg, r->seed, r->B_local);
+        ncsn_trainer_set_comm(r->t, r->comm);
         load_training_checkpoint(r, resume_path); /* sets step, seed, loader state, all tensors */
         if (o->seed_given && o->seed != r->seed)
             ncsn_die("%s was trained with seed %llu; --seed %llu would break the exact resume (omit --seed)",
@@ -722,8 +886,10 @@ int ncsn_train(const ncsn_train_options *o) {
             ncsn_die("%s is at step %ld; nothing to do for --steps %ld (raise --steps)", resume_path, r->step, r->total);
     } else {
         ncsn_model_init(r->m, r->seed);
-        r->t = ncsn_trainer_create(r->be, r->m, cfg, r->seed, r->B); /* EMA shadow = initial weights */
+        r->t = ncsn_trainer_create(r->be, r->m, cfg, r->seed, r->B_local); /* EMA shadow = initial weights */
+        ncsn_trainer_set_comm(r->t, r->comm);
     }
+    broadcast_state(r);
 
     ncsn_dataset ds;
     const char *data_path = o->data_path ? o->data_path : ncsn_dataset_default_path(cfg->data.dataset);
@@ -735,34 +901,39 @@ int ncsn_train(const ncsn_train_options *o) {
                  ds.C, ds.H, ds.W, C, H, W);
     if (ds.N < 1) ncsn_die("%s: the dataset is empty", ds.path);
 
-    /* 2. Start-up lines: what runs, where, how. */
+    /* 2. Start-up lines: what runs, where, how; rank 0 only, the other ranks stay quiet. */
     const ncsn_param_table *table = ncsn_model_table(r->m);
     const float *sig = ncsn_model_sigmas_host(r->m);
     int L = ncsn_model_num_levels(r->m);
-    fprintf(stderr, "ncsn train: config %s (%s layout), workdir %s\n", o->config_path, cfg->is_v1 ? "v1" : "v2",
-            o->workdir);
-    fprintf(stderr, "device: %s, precision %s%s\n", r->be->ops->name, precision_name(r->be->precision),
-            on_cpu ? "" : (r->be->deterministic ? ", deterministic" : ", non-deterministic algorithms allowed"));
-    fprintf(stderr, "model: %s, %zu parameters, %d levels (sigma %.6g .. %.6g)\n", ncsn_arch_name(cfg->model.arch),
-            table->total, L, (double)sig[0], (double)sig[L - 1]);
-    fprintf(stderr, "data: %s %s: %zu examples of %d x %d x %d; batch %d; dequantisation %s, flip %s, %s\n",
-            ds.dataset, ds.path[0] ? ds.path : "(generated)", ds.N, ds.C, ds.H, ds.W, r->B,
-            r->t->uniform_dequant ? "uniform" : (r->t->gaussian_dequant ? "gaussian" : "off"),
-            r->t->flip ? "on" : "off",
-            !r->t->images ? "points used as they are"
-                          : (r->t->rescale ? "rescaled to [-1,1]" : (r->t->logit ? "logit transform" : "the model applies 2x-1")));
-    fprintf(stderr,
-            "training: %s, steps %ld -> %ld, Adam lr %g (beta1 %g, beta2 0.999, eps %g, weight decay %g, amsgrad %s)%s%s, "
-            "EMA %s, log every %ld, checkpoint every %ld (keep %s), seed %llu\n",
-            r->t->ssm ? "sliced score matching (finite differences)" : "denoising score matching", r->step, r->total,
-            cfg->optim.lr, cfg->optim.beta1, cfg->optim.eps, cfg->optim.weight_decay, cfg->optim.amsgrad ? "on" : "off",
-            cfg->training.warmup > 0 ? ", linear warm-up" : "", cfg->training.grad_clip > 0 ? ", grad clipping" : "",
-            r->t->ema ? "on" : "off", r->log_freq, r->snapshot_freq, r->keep_last > 0 ? "last K" : "all",
-            (unsigned long long)r->seed);
-    if (o->resume)
-        fprintf(stderr, "resumed from %s: step %ld, data epoch %llu position %llu\n", resume_path, r->step,
-                (unsigned long long)r->loader_state.epoch, (unsigned long long)r->loader_state.position);
-    if (o->resume) truncate_metrics(r->metrics_path, r->step);
+    if (r->lead) {
+        fprintf(stderr, "ncsn train: config %s (%s layout), workdir %s\n", o->config_path, cfg->is_v1 ? "v1" : "v2",
+                o->workdir);
+        fprintf(stderr, "device: %s, precision %s%s\n", r->be->ops->name, precision_name(r->be->precision),
+                on_cpu ? "" : (r->be->deterministic ? ", deterministic" : ", non-deterministic algorithms allowed"));
+        fprintf(stderr, "model: %s, %zu parameters, %d levels (sigma %.6g .. %.6g)\n", ncsn_arch_name(cfg->model.arch),
+                table->total, L, (double)sig[0], (double)sig[L - 1]);
+        fprintf(stderr, "data: %s %s: %zu examples of %d x %d x %d; batch %d; dequantisation %s, flip %s, %s\n",
+                ds.dataset, ds.path[0] ? ds.path : "(generated)", ds.N, ds.C, ds.H, ds.W, r->B,
+                r->t->uniform_dequant ? "uniform" : (r->t->gaussian_dequant ? "gaussian" : "off"),
+                r->t->flip ? "on" : "off",
+                !r->t->images ? "points used as they are"
+                              : (r->t->rescale ? "rescaled to [-1,1]" : (r->t->logit ? "logit transform" : "the model applies 2x-1")));
+        fprintf(stderr,
+                "training: %s, steps %ld -> %ld, Adam lr %g (beta1 %g, beta2 0.999, eps %g, weight decay %g, amsgrad %s)%s%s, "
+                "EMA %s, log every %ld, checkpoint every %ld (keep %s), seed %llu\n",
+                r->t->ssm ? "sliced score matching (finite differences)" : "denoising score matching", r->step, r->total,
+                cfg->optim.lr, cfg->optim.beta1, cfg->optim.eps, cfg->optim.weight_decay, cfg->optim.amsgrad ? "on" : "off",
+                cfg->training.warmup > 0 ? ", linear warm-up" : "", cfg->training.grad_clip > 0 ? ", grad clipping" : "",
+                r->t->ema ? "on" : "off", r->log_freq, r->snapshot_freq, r->keep_last > 0 ? "last K" : "all",
+                (unsigned long long)r->seed);
+        if (o->resume)
+            fprintf(stderr, "resumed from %s: step %ld, data epoch %llu position %llu\n", resume_path, r->step,
+                    (unsigned long long)r->loader_state.epoch, (unsigned long long)r->loader_state.position);
+        if (r->K > 1)
+            fprintf(stderr, "data parallel: %d ranks (%s all-reduce), %d of the %d examples of every batch per rank\n",
+                    r->K, ncsn_comm_kind(r->comm), r->B_local, r->B);
+        if (o->resume) truncate_metrics(r->metrics_path, r->step);
+    }
 
     /* 3. The loop. */
     ncsn_loader_options lo;
@@ -771,25 +942,29 @@ int ncsn_train(const ncsn_train_options *o) {
     lo.seed = r->seed;
     lo.stream = 0;
     lo.shuffle = 1;
+    lo.shard_index = r->rank; /* rows [rank * B/K, (rank+1) * B/K) of every global batch */
+    lo.shard_count = r->K;
     ncsn_loader *loader = ncsn_loader_create(&ds, &lo, r->loader_state);
 
     loss_window w;
     memset(&w, 0, sizeof w);
-    w.B = r->B;
+    w.B = r->B_local; /* this rank's losses; reduce_window_stats combines the ranks' */
     w.rows_cap = (int)(r->log_freq < r->total - r->step ? r->log_freq : r->total - r->step);
     if (w.rows_cap < 1) w.rows_cap = 1;
-    w.hist_host = ncsn_xmalloc((size_t)w.rows_cap * (size_t)r->B * sizeof(float));
-    w.labels = ncsn_xmalloc((size_t)w.rows_cap * (size_t)r->B * sizeof(int32_t));
+    w.hist_host = ncsn_xmalloc((size_t)w.rows_cap * (size_t)w.B * sizeof(float));
+    w.labels = ncsn_xmalloc((size_t)w.rows_cap * (size_t)w.B * sizeof(int32_t));
     w.valid = ncsn_xmalloc((size_t)w.rows_cap);
-    if (!on_cpu && !r->t->ssm) w.hist_dev = alloc_floats(r->be, (size_t)w.rows_cap * (size_t)r->B, "loss history");
+    if (!on_cpu && !r->t->ssm) w.hist_dev = alloc_floats(r->be, (size_t)w.rows_cap * (size_t)w.B, "loss history");
     window_reset(&w, r->step + 1);
 
     ncsn_progress progress;
-    ncsn_progress_begin(&progress, "train", "steps", r->step, r->total, r->B);
+    /* Only rank 0 reports progress; the others never touch the progress object. */
+    if (r->lead) ncsn_progress_begin(&progress, "train", "steps", r->step, r->total, r->B);
+    const long start_step = r->step;
     double t_begin = ncsn_now(), lr = 0.0;
     while (r->step < r->total) {
         ncsn_batch batch = ncsn_loader_acquire(loader);
-        NCSN_CHECK(batch.n == r->B);
+        NCSN_CHECK(batch.n == r->B_local);
         lr = ncsn_trainer_step(r->t, batch.x, r->step); /* copies the batch to the backend */
         ncsn_loader_release(loader, &batch);
         r->loader_state = batch.end;
@@ -801,36 +976,50 @@ int ncsn_train(const ncsn_train_options *o) {
         window_record(&w, r->t, r->step, log_now || save_now, on_cpu);
         int bad_row, bad_n;
         if (window_first_nonfinite(&w, &bad_row, &bad_n)) {
-            float v = w.hist_host[(size_t)bad_row * r->B + bad_n];
-            int level = w.labels[(size_t)bad_row * r->B + bad_n];
-            ncsn_progress_end(&progress);
+            float v = w.hist_host[(size_t)bad_row * w.B + bad_n];
+            int level = w.labels[(size_t)bad_row * w.B + bad_n];
+            if (r->lead) ncsn_progress_end(&progress);
+            /* Any rank may see it first (its slice holds the example): it reports the
+             * example's position in the global batch, and the launcher stops the others. */
             fprintf(stderr,
                     "ncsn: step %ld: loss is %s (example %d of the batch, level %d, sigma %g; lr %g); last good "
                     "checkpoint: %s\n",
-                    w.first_step + bad_row, isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), bad_n, level,
+                    w.first_step + bad_row, isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), r->rank * r->B_local + bad_n,
+                    level,
                     (double)sig[level], lr, r->last_good[0] ? r->last_good : "none (no checkpoint was written)");
             exit(1);
         }
         if (log_now) {
             window_stats s = window_summarise(&w, L);
+            reduce_window_stats(r, &s); /* collective: every rank logs at the same steps */
             double elapsed = ncsn_now() - t_begin;
-            double rate = elapsed > 0 ? (double)(r->step - progress.start) / elapsed : 0.0;
-            write_metrics(r, &s, lr, elapsed, rate);
-            ncsn_progress_status(&progress, "loss %.5g", s.loss);
-            ncsn_progress_log(&progress, r->step);
+            double rate = elapsed > 0 ? (double)(r->step - start_step) / elapsed : 0.0;
+            if (r->lead) {
+                write_metrics(r, &s, lr, elapsed, rate);
+                ncsn_progress_status(&progress, "loss %.5g", s.loss);
+                ncsn_progress_log(&progress, r->step);
+            }
             window_reset(&w, r->step + 1);
-        } else {
+        } else if (r->lead) {
             ncsn_progress_update(&progress, r->step);
         }
         if (save_now) {
-            save_training_checkpoint(r);
-            ncsn_progress_message(&progress, "saved %s", r->last_good);
-            snapshot_samples(r);
+            check_ranks_agree(r); /* collective */
+            if (r->lead) {
+                save_training_checkpoint(r);
+                ncsn_progress_message(&progress, "saved %s", r->last_good);
+                snapshot_samples(r);
+            }
+            /* The others wait for the file: no rank leaves the job (done or failed) before
+             * the checkpoint of this step is complete. */
+            if (r->K > 1) ncsn_comm_barrier(r->comm);
         }
     }
-    ncsn_progress_end(&progress);
-    fprintf(stderr, "done: %ld steps in %.1f s; last checkpoint %s\n", r->step - progress.start, ncsn_now() - t_begin,
-            r->last_good);
+    if (r->lead) {
+        ncsn_progress_end(&progress);
+        fprintf(stderr, "done: %ld steps in %.1f s; last checkpoint %s\n", r->step - start_step,
+                ncsn_now() - t_begin, r->last_good);
+    }
 
     ncsn_loader_destroy(loader);
     free(w.hist_host);
@@ -840,6 +1029,8 @@ int ncsn_train(const ncsn_train_options *o) {
     ncsn_dataset_free(&ds);
     ncsn_trainer_free(r->t);
     ncsn_model_free(r->m);
+    if (r->reduce_buf) ncsn_free(r->be, r->reduce_buf);
+    ncsn_comm_destroy(r->comm); /* collective */
     ncsn_backend_destroy(r->be);
     ncsn_config_free(&r->cfg);
     return 0;

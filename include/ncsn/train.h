@@ -23,6 +23,27 @@
  * the step, the seed and the loader state; nothing else carries randomness, so N steps +
  * resume + N steps equals 2N steps bit for bit on one device.
  *
+ * Data parallelism (comm.h): K processes (ranks) train one model on one global batch.
+ *   ncsn train --config F.yml --workdir DIR --nproc K   K ranks on this machine
+ *   mpirun -np K ncsn train ...  /  srun -n K ncsn train ...   (ranks from the launcher's
+ *       variables; set NCSN_RENDEZVOUS=file:PATH on a shared filesystem or tcp:HOST:PORT,
+ *       see comm.h; --nproc, when also given, must equal the launcher's world size)
+ * B = training.batch_size stays the GLOBAL batch and must be a multiple of K. Rank r takes
+ * rows [r*B/K, (r+1)*B/K) of every global batch (the loader's shard options; every rank
+ * walks the same global (epoch, position) stream), and every draw above is keyed by the
+ * example's GLOBAL position n = r*B/K + i, so each example sees exactly the noise, level,
+ * flip and dequantisation it would see in a one-process run. Each rank's loss is the mean
+ * over its slice; after the backward the whole gradient buffer is all-reduced to its mean
+ * over ranks, which is the gradient of the global-batch mean loss (up to fp32 summation
+ * order). Clipping (on the reduced gradient), Adam and EMA then run identically on every
+ * rank, so parameters stay identical: rank 0's parameters and optimiser state are broadcast
+ * at start (fresh or resumed), and at every checkpoint the ranks compare a parameter
+ * checksum and stop if one has drifted. Only rank 0 prints, writes metrics.jsonl (interval
+ * losses reduced over ranks), checkpoints and snapshot samples; the others wait at a
+ * barrier after each checkpoint. A checkpoint holds only global state (step, seed, loader
+ * stream), so a run resumes on any K that divides B. tests/test_train_dp.c checks --nproc 1
+ * against --nproc 2 and a --nproc 2 -> --nproc 1 resume on the CPU (shm all-reduce).
+ *
  * Host synchronisation on CUDA: none inside a step, except (1) gradient-norm clipping,
  * which reads the squared norm back to choose the scale (off by default; the backend has
  * no scale-by-device-scalar op), and (2) logit_transform, applied on the host (off in every
@@ -36,6 +57,7 @@
 #include <stdint.h>
 
 #include "ncsn/backend.h"
+#include "ncsn/comm.h"
 #include "ncsn/config.h"
 #include "ncsn/model.h"
 
@@ -56,6 +78,8 @@ typedef struct {
     int seed_given;
     int resume;              /* continue from the newest checkpoint in workdir */
     int keep_last;           /* checkpoints kept; < 0: training.keep_last (0 = all) */
+    int nproc;               /* --nproc: 0 = not given; with launcher variables it must equal the
+                                world size (ncsn_cmd_train spawns the ranks when there are none) */
 } ncsn_train_options;
 
 /* Runs `ncsn train`. Returns the process exit status (fatal input errors exit directly). */
@@ -70,13 +94,19 @@ typedef struct ncsn_trainer ncsn_trainer;
  * parameters (ncsnv2 EMAHelper.register). Refuses anneal_power != 2 and unknown algos. */
 ncsn_trainer *ncsn_trainer_create(ncsn_backend *be, ncsn_model *m, const ncsn_config *cfg, uint64_t seed, int B);
 void ncsn_trainer_free(ncsn_trainer *t);
+/* Makes t one rank of a data-parallel step: t's B (from create) is the local slice, the
+ * global batch is global_batch = B * ncsn_comm_world_size(comm), this rank's rows start at
+ * global position ncsn_comm_rank(comm) * B, and each step all-reduces the gradient buffer
+ * to its mean over ranks before clipping and Adam. Without this call (or with a one-process
+ * comm) the trainer is the single-process one. */
+void ncsn_trainer_set_comm(ncsn_trainer *t, ncsn_comm *comm);
 
 /* One update. x_host: the batch, B x C x H x W floats in [0, 1] (k / 255), host memory;
  * random flips are applied to it in place. step: updates completed before this one.
  * Enqueues backend work only (plus the documented syncs); returns the learning rate used. */
 double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step);
 
-/* Reads the per-example losses of the last step (B floats; synchronises) and the level
+/* Reads the per-example losses of the last step (B local floats; synchronises) and the level
  * indices they were drawn at. Either pointer may be NULL. */
 void ncsn_trainer_read_loss(ncsn_trainer *t, float *loss_host, int32_t *labels_host);
 
