@@ -61,3 +61,24 @@ void ncsn_backend_destroy(ncsn_backend *be) {
 #endif
     ncsn_cpu_backend_destroy(be);
 }
+
+ncsn_precision ncsn_precision_parse(const char *name, const char *flag) {
+    if (!strcmp(name, "fp32")) return NCSN_PRECISION_FP32;
+    if (!strcmp(name, "tf32")) return NCSN_PRECISION_TF32;
+    if (!strcmp(name, "bf16")) return NCSN_PRECISION_BF16;
+    ncsn_die("%s: expected fp32, tf32 or bf16, got '%s'", flag, name);
+}
+
+const char *ncsn_precision_name(ncsn_precision p) {
+    return p == NCSN_PRECISION_BF16 ? "bf16" : p == NCSN_PRECISION_TF32 ? "tf32" : "fp32";
+}
+
+void ncsn_backend_set_precision(ncsn_backend *be, ncsn_precision p) {
+    be->precision = p;
+    const char *what = p == NCSN_PRECISION_FP32   ? "strict fp32 everywhere"
+                       : p == NCSN_PRECISION_TF32 ? (be->kind == NCSN_DEVICE_CUDA ? "tf32 tensor-core convolutions"
+                                                                                 : "fp32 (tf32 is a CUDA mode)")
+                                                  : "bf16 convolution inputs/weights, fp32 accumulation";
+    fprintf(stderr, "precision: %s (%s; norms, loss, optimizer and chain state fp32)\n", ncsn_precision_name(p),
+            what);
+}

@@ -111,7 +111,7 @@ ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, 
 
 int ncsn_cmd_score(int argc, char **argv) {
     static const char *const known[] = {"--checkpoint", "--config", "--input", "--labels", "--out",
-                                        "--device", "--batch", "--ema", "--no-ema", NULL};
+                                        "--device", "--batch", "--ema", "--no-ema", "--precision", NULL};
     check_flags(argc, argv, known, "score");
     const char *ckpt = flag_value(argc, argv, "--checkpoint"), *in = flag_value(argc, argv, "--input");
     const char *lab = flag_value(argc, argv, "--labels"), *out = flag_value(argc, argv, "--out");
@@ -124,6 +124,8 @@ int ncsn_cmd_score(int argc, char **argv) {
     for (int i = 0; i < argc; i++) use_ema |= !strcmp(argv[i], "--ema");
 
     ncsn_backend *be = ncsn_backend_create_from_name(flag_value(argc, argv, "--device"));
+    const char *precision = flag_value(argc, argv, "--precision");
+    ncsn_backend_set_precision(be, precision ? ncsn_precision_parse(precision, "--precision") : NCSN_PRECISION_FP32);
     ncsn_config cfg;
     ncsn_model *m = ncsn_model_from_checkpoint(be, ckpt, flag_value(argc, argv, "--config"), use_ema, &cfg);
     int C, H, W;
@@ -218,7 +220,7 @@ int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, cha
 }
 
 int ncsn_cmd_bench_model(int argc, char **argv) {
-    static const char *const known[] = {"--config", "--batch", "--device", "--iters", "--no-torch", NULL};
+    static const char *const known[] = {"--config", "--batch", "--device", "--iters", "--no-torch", "--precision", NULL};
     check_flags(argc, argv, known, "bench model");
     const char *path = flag_value(argc, argv, "--config");
     if (!path) ncsn_die("bench model: --config FILE.yml is required");
@@ -232,6 +234,8 @@ int ncsn_cmd_bench_model(int argc, char **argv) {
     ncsn_config cfg;
     ncsn_config_load(&cfg, path);
     ncsn_backend *be = ncsn_backend_create_from_name(flag_value(argc, argv, "--device"));
+    const char *precision = flag_value(argc, argv, "--precision");
+    ncsn_backend_set_precision(be, precision ? ncsn_precision_parse(precision, "--precision") : NCSN_PRECISION_FP32);
     ncsn_model *m = ncsn_model_create(be, &cfg);
     ncsn_model_init(m, 1234);
     ncsn_model_plan(m, batch);

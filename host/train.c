@@ -717,7 +717,7 @@ static void snapshot_samples(train_run *r) {
 
 static void train_usage(FILE *f) {
     fprintf(f, "usage: ncsn train --config F.yml --workdir DIR [--data PATH] [--device cpu|cuda|auto]\n"
-               "                  [--steps N] [--seed S] [--resume] [--keep-last K] [--nproc K]\n"
+               "                  [--steps N] [--seed S] [--resume] [--keep-last K] [--nproc K] [--precision fp32|tf32|bf16]\n"
                "Trains as the official runners (DSM, or SSM with training.algo: ssm). --steps N trains until\n"
                "N updates are done (default training.n_iters); checkpoints go to DIR/checkpoint_<step>.safetensors\n"
                "every training.snapshot_freq steps and at the end; --resume continues from the newest one,\n"
@@ -757,6 +757,7 @@ int ncsn_cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--workdir")) o.workdir = v;
         else if (!strcmp(a, "--data")) o.data_path = v;
         else if (!strcmp(a, "--device")) o.device = v;
+        else if (!strcmp(a, "--precision")) o.precision = v;
         else if (!strcmp(a, "--steps")) o.steps = parse_long(a, v, 1, 0x7fffffffL);
         else if (!strcmp(a, "--seed")) {
             o.seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
@@ -862,6 +863,8 @@ int ncsn_train(const ncsn_train_options *o) {
                     o->config_path, r->B, env.world_size, r->B);
     ncsn_comm_bind_local_gpu();
     r->be = ncsn_backend_create_from_name(o->device ? o->device : "auto");
+    ncsn_backend_set_precision(r->be, o->precision ? ncsn_precision_parse(o->precision, "--precision")
+                                                   : NCSN_PRECISION_FP32);
     const int on_cpu = r->be->kind == NCSN_DEVICE_CPU;
     r->comm = ncsn_comm_create(r->be);
     r->K = ncsn_comm_world_size(r->comm);
@@ -1062,7 +1065,7 @@ static double torch_train_images_per_s(const char *config, int B, double *steps_
 }
 
 int ncsn_cmd_bench_train(int argc, char **argv) {
-    const char *config_path = NULL, *device = "auto";
+    const char *config_path = NULL, *device = "auto", *precision = NULL;
     long B = 0, steps = 0, warmup = 2;
     int run_torch = 1;
     for (int i = 0; i < argc; i++) {
@@ -1073,7 +1076,7 @@ int ncsn_cmd_bench_train(int argc, char **argv) {
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help") || i + 1 >= argc) {
             fprintf(a[1] == 'h' || !strcmp(a, "--help") ? stdout : stderr,
-                    "usage: ncsn bench train --config F.yml --batch B [--device cpu|cuda|auto] [--steps K]\n"
+                    "usage: ncsn bench train --config F.yml --batch B [--device cpu|cuda|auto] [--precision P] [--steps K]\n"
                     "                        [--warmup W] [--no-torch]\n"
                     "Times the training step (the one `ncsn train` runs, on synthetic images) and prints steps/s\n"
                     "and images/s; on the CPU also the PyTorch peer (bench/torch_baseline.py --mode train) and\n"
@@ -1084,6 +1087,7 @@ int ncsn_cmd_bench_train(int argc, char **argv) {
         if (!strcmp(a, "--config")) config_path = v;
         else if (!strcmp(a, "--batch")) B = parse_long(a, v, 1, 1 << 20);
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--precision")) precision = v;
         else if (!strcmp(a, "--steps")) steps = parse_long(a, v, 1, 1 << 20);
         else if (!strcmp(a, "--warmup")) warmup = parse_long(a, v, 0, 1 << 20);
         else ncsn_die("bench train: unknown option '%s'", a);
@@ -1095,6 +1099,7 @@ int ncsn_cmd_bench_train(int argc, char **argv) {
     cfg.training.batch_size = (int)B;
 
     ncsn_backend *be = ncsn_backend_create_from_name(device);
+    ncsn_backend_set_precision(be, precision ? ncsn_precision_parse(precision, "--precision") : NCSN_PRECISION_FP32);
     const int on_cpu = be->kind == NCSN_DEVICE_CPU;
     if (steps <= 0) steps = on_cpu ? 5 : 50;
     ncsn_model *m = ncsn_model_create(be, &cfg);

@@ -135,7 +135,8 @@ static int files_equal(const char *p, const char *q) {
 /* ncsn <argv...> in-process (ncsn_cmd_sample returns its exit status). */
 static int run_sample(const char *args) {
     char buf[2048];
-    snprintf(buf, sizeof buf, "%s", at(args));
+    /* fp32: these runs are compared bit for bit with the core API's fp32 samples. */
+    snprintf(buf, sizeof buf, "%s --precision fp32", at(args));
     char *argv[64];
     int argc = 0;
     for (char *tok = strtok(buf, " "); tok && argc < 63; tok = strtok(NULL, " ")) argv[argc++] = tok;

@@ -35,8 +35,11 @@ extern "C" {
 
 typedef enum { NCSN_DEVICE_CPU = 0, NCSN_DEVICE_CUDA = 1 } ncsn_device_kind;
 
-/* Math precision of convolutions. FP32 is strict IEEE fp32 (tests, reproduction);
- * TF32 and BF16 only change the CUDA backend (the CPU backend is always FP32). */
+/* Math precision of convolutions. FP32 is strict IEEE fp32 (tests, reproduction). TF32
+ * changes only the CUDA backend. BF16 rounds convolution inputs and weights to bf16 with
+ * fp32 accumulation and fp32 outputs, on CUDA (cuDNN) and on the CPU where oneDNN has bf16
+ * kernels (elsewhere the CPU falls back to FP32 and says so). Norms, the loss, the
+ * optimizer, master weights and the Langevin chain state are fp32 in every mode. */
 typedef enum { NCSN_PRECISION_FP32 = 0, NCSN_PRECISION_TF32 = 1, NCSN_PRECISION_BF16 = 2 } ncsn_precision;
 
 /* A stride-1 "same" 2-D convolution: padding = dilation * (ksize / 2), so the output is
@@ -178,6 +181,12 @@ ncsn_backend *ncsn_backend_create(ncsn_device_kind kind, char *err, size_t errle
 /* "cpu", "cuda" or "auto" (CUDA when a device is present, else CPU; prints which). */
 ncsn_backend *ncsn_backend_create_from_name(const char *name);
 void ncsn_backend_destroy(ncsn_backend *be);
+/* "fp32" | "tf32" | "bf16"; dies naming the flag on anything else. */
+ncsn_precision ncsn_precision_parse(const char *name, const char *flag);
+const char *ncsn_precision_name(ncsn_precision p);
+/* Sets be->precision (before the first convolution) and prints one start-up line
+ * "precision: ..." saying what runs in which format. */
+void ncsn_backend_set_precision(ncsn_backend *be, ncsn_precision p);
 /* Is this binary built with the CUDA backend? */
 int ncsn_backend_cuda_compiled(void);
 

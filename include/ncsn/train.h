@@ -73,6 +73,7 @@ typedef struct {
     const char *workdir;     /* required; created if missing */
     const char *data_path;   /* NULL: the dataset's default location */
     const char *device;      /* "cpu" | "cuda" | "auto" (NULL: auto) */
+    const char *precision;   /* "fp32" (default) | "tf32" | "bf16": convolutions only, printed at start-up */
     long steps;              /* train until this many updates are done; 0: training.n_iters */
     uint64_t seed;
     int seed_given;
