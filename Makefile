@@ -101,6 +101,7 @@ bench: all
 
 fixtures:
 	$(PYTHON) tools/make_fixtures.py tests/fixtures
+	$(PYTHON) tools/check_ssm.py tests/fixtures
 
 demo: all
 	@sh tools/demo.sh $(BUILD)
