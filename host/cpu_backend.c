@@ -2,10 +2,16 @@
  * OpenMP loop, and the ops table. Convolutions and gemm_nt live in cpu_conv.c (oneDNN).
  *
  * Element math comes from kernels/element_math.h and kernels/rng_math.h, the same inline
- * functions the CUDA kernels call, so the CPU tests exercise the GPU's arithmetic. Loops
+ * functions the CUDA kernels call, so the CPU tests exercise the GPU's arithmetic (the one
+ * exception, ELU's expm1, is a vectorisable equivalent within 1 ulp, see there). Loops
  * are parallel over N*C planes (norms, pooling, resampling) or over elements; reductions
  * (DSM loss, sum of squares, IN++ statistics) accumulate in double, which costs nothing
  * next to a convolution and keeps large sums accurate.
+ *
+ * Speed: every hot loop vectorises (-O3 -march=native): branch-free bodies, `omp simd` where
+ * the compiler cannot prove independence or must reassociate a reduction (a fixed lane order
+ * for a given build, independent of the thread count), the 5x5 pools separable. Measured
+ * per op against PyTorch by bench/bench_cpu_ops.
  *
  * Overwrite vs accumulate (backend.h): forward outputs and activation gradients overwrite
  * unless `accumulate` is set; parameter gradients (dgamma, dalpha, dbeta, dtable, dw, db)
@@ -14,6 +20,8 @@
  * serially over n (parallel over channels) to stay race-free and deterministic.
  */
 #include <math.h>
+#include <omp.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "host/cpu_internal.h"
@@ -21,6 +29,14 @@
 #include "kernels/rng_math.h"
 
 #define CPU_ALIGN 256
+
+/* Parallel loops: each op opens at most one OpenMP parallel region, with a static
+ * schedule, so the team wakes once per op and every thread gets one contiguous block
+ * (whole planes or long element ranges: threads never write the same cache line). Below
+ * CPU_PARALLEL_MIN elements an op stays on the calling thread: waking and joining the team
+ * costs microseconds on an idle machine (and a scheduler time slice when another job has
+ * preempted a team thread), more than a 32K-element elementwise op takes alone. */
+#define CPU_PARALLEL_MIN ((size_t)1 << 15)
 
 /* ---- memory ------------------------------------------------------------------------- */
 
@@ -91,12 +107,79 @@ static void check_labels(const char *op, const int32_t *labels, int N) {
  * mean mu and biased variance over H*W, rstd = 1/sqrt(var + 1e-5). Per n: the channel
  * means' mean M and unbiased variance V (C - 1 in the denominator), s = 1/sqrt(V + 1e-5),
  * mhat_c = (mu_c - M) * s (0 when C == 1). out = gamma * ((x - mu) * rstd + alpha * mhat) + beta.
- * Stats layout: [mean (N*C) | rstd (N*C) | mhat (N*C) | s (N)]. */
+ * Stats layout: [mean (N*C) | rstd (N*C) | mhat (N*C) | s (N)].
+ *
+ * Work split: everything of one example (its C planes, their channel statistics, the
+ * apply) depends only on that example, so when there are at least as many examples as
+ * threads each thread takes whole examples and the op needs no barrier inside; an
+ * example's planes (512 KB at 128 x 32 x 32) are still in L2 when the apply pass re-reads
+ * them. With fewer examples than threads (sampling one image on a many-core machine) the
+ * same per-plane steps run as three work-shared loops over planes, examples and planes. */
 
 #define IN_EPS 1e-5
 
 static size_t param_row(const int32_t *labels, int n, int param_stride) {
     return labels ? (size_t)labels[n] * (size_t)param_stride : 0;
+}
+
+/* Mean and rstd of one plane in one pass: double sums of x - x0 and (x - x0)^2, shifted
+ * by the plane's first element so that the variance does not come from the difference of
+ * two large numbers when the plane's mean is far from 0 (the cancellation left is
+ * (mu - x0)^2 / var * 2^-53, negligible next to the fp32 result). `omp simd reduction`
+ * lets the compiler split each sum over the vector lanes: a fixed order for a given build,
+ * independent of the thread count. */
+static void in_plane_stats(const float *xp, size_t P, float *mean, float *rstd) {
+    const double x0 = xp[0];
+    double sum = 0.0, sq = 0.0;
+#pragma omp simd reduction(+ : sum, sq)
+    for (size_t i = 0; i < P; i++) {
+        double t = (double)xp[i] - x0;
+        sum += t;
+        sq += t * t;
+    }
+    const double shifted_mean = sum / (double)P;
+    double var = sq / (double)P - shifted_mean * shifted_mean;
+    if (var < 0.0) var = 0.0; /* rounding of a constant plane */
+    *mean = (float)(x0 + shifted_mean);
+    *rstd = (float)(1.0 / sqrt(var + IN_EPS));
+}
+
+/* The channel-mean normalisation of one example, from the float means as stored (the
+ * backward sees the same numbers). */
+static void in_channel_stats(const float *mu, int C, float *mhat, float *chan_rstd) {
+    if (C == 1) {
+        mhat[0] = 0.0f;
+        *chan_rstd = 0.0f;
+        return;
+    }
+    double M = 0.0;
+    for (int c = 0; c < C; c++) M += mu[c];
+    M /= C;
+    double V = 0.0;
+    for (int c = 0; c < C; c++) V += ((double)mu[c] - M) * ((double)mu[c] - M);
+    V /= (C - 1);
+    double s = 1.0 / sqrt(V + IN_EPS);
+    for (int c = 0; c < C; c++) mhat[c] = (float)(((double)mu[c] - M) * s);
+    *chan_rstd = (float)s;
+}
+
+typedef struct {
+    float *out, *mean, *rstd, *mhat, *chan_rstd;
+    const float *x, *gamma, *alpha, *beta;
+    const int32_t *labels;
+    int param_stride, C;
+    size_t P;
+} in_forward_args;
+
+static void in_plane_forward_apply(const in_forward_args *a, size_t nc) {
+    const int n = (int)(nc / a->C), c = (int)(nc % a->C);
+    const size_t p = param_row(a->labels, n, a->param_stride) + c;
+    const float g = a->gamma[p], al = a->alpha[p], b = a->beta[p];
+    const float mu = a->mean[nc], r = a->rstd[nc], mh = a->mhat[nc];
+    const float *xp = a->x + nc * a->P;
+    float *op = a->out + nc * a->P;
+#pragma omp simd
+    for (size_t i = 0; i < a->P; i++) op[i] = ncsn_in_plus_element(xp[i], mu, r, mh, g, al, b);
 }
 
 static void cpu_instance_norm_plus_forward(ncsn_backend *be, float *out, const float *x, const float *gamma,
@@ -106,49 +189,29 @@ static void cpu_instance_norm_plus_forward(ncsn_backend *be, float *out, const f
     if (labels) check_labels("instance_norm_plus_forward", labels, N);
     NCSN_CHECKF(labels || param_stride == 0, "instance_norm_plus_forward: stride %d without labels", param_stride);
     const size_t P = (size_t)H * W, NC = (size_t)N * C;
-    float *mean = stats, *rstd = stats + NC, *mhat = stats + 2 * NC, *chan_rstd = stats + 3 * NC;
-
-    /* Per-plane statistics, two-pass in double (exact enough that var never goes negative). */
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        const float *xp = x + nc * P;
-        double sum = 0.0;
-        for (size_t i = 0; i < P; i++) sum += xp[i];
-        double mu = sum / (double)P;
-        double sq = 0.0;
-        for (size_t i = 0; i < P; i++) {
-            double t = xp[i] - mu;
-            sq += t * t;
+    const in_forward_args a = {.out = out, .mean = stats, .rstd = stats + NC, .mhat = stats + 2 * NC,
+                               .chan_rstd = stats + 3 * NC, .x = x, .gamma = gamma, .alpha = alpha, .beta = beta,
+                               .labels = labels, .param_stride = param_stride, .C = C, .P = P};
+    const int parallel = NC * P >= CPU_PARALLEL_MIN;
+    if (N >= omp_get_max_threads()) {
+#pragma omp parallel for schedule(static) if (parallel : parallel)
+        for (int n = 0; n < N; n++) {
+            const size_t base = (size_t)n * C;
+            for (size_t nc = base; nc < base + C; nc++) in_plane_stats(x + nc * P, P, &a.mean[nc], &a.rstd[nc]);
+            in_channel_stats(a.mean + base, C, a.mhat + base, &a.chan_rstd[n]);
+            for (size_t nc = base; nc < base + C; nc++) in_plane_forward_apply(&a, nc);
         }
-        mean[nc] = (float)mu;
-        rstd[nc] = (float)(1.0 / sqrt(sq / (double)P + IN_EPS));
-    }
-    /* Channel-mean normalisation; uses the float means as stored, like the backward. */
-    for (int n = 0; n < N; n++) {
-        const float *mu = mean + (size_t)n * C;
-        if (C == 1) {
-            mhat[n] = 0.0f;
-            chan_rstd[n] = 0.0f;
-            continue;
+    } else {
+#pragma omp parallel if (parallel : parallel)
+        {
+#pragma omp for schedule(static)
+            for (size_t nc = 0; nc < NC; nc++) in_plane_stats(x + nc * P, P, &a.mean[nc], &a.rstd[nc]);
+#pragma omp for schedule(static)
+            for (int n = 0; n < N; n++)
+                in_channel_stats(a.mean + (size_t)n * C, C, a.mhat + (size_t)n * C, &a.chan_rstd[n]);
+#pragma omp for schedule(static)
+            for (size_t nc = 0; nc < NC; nc++) in_plane_forward_apply(&a, nc);
         }
-        double M = 0.0;
-        for (int c = 0; c < C; c++) M += mu[c];
-        M /= C;
-        double V = 0.0;
-        for (int c = 0; c < C; c++) V += ((double)mu[c] - M) * ((double)mu[c] - M);
-        V /= (C - 1);
-        double s = 1.0 / sqrt(V + IN_EPS);
-        for (int c = 0; c < C; c++) mhat[(size_t)n * C + c] = (float)(((double)mu[c] - M) * s);
-        chan_rstd[n] = (float)s;
-    }
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        int n = (int)(nc / C), c = (int)(nc % C);
-        size_t p = param_row(labels, n, param_stride) + c;
-        float g = gamma[p], a = alpha[p], b = beta[p], mu = mean[nc], r = rstd[nc], mh = mhat[nc];
-        const float *xp = x + nc * P;
-        float *op = out + nc * P;
-        for (size_t i = 0; i < P; i++) op[i] = ncsn_in_plus_element(xp[i], mu, r, mh, g, a, b);
     }
 }
 
@@ -157,7 +220,70 @@ static void cpu_instance_norm_plus_forward(ncsn_backend *be, float *out, const f
  *   through xhat (mu and var of the plane):  rstd * (dh - mean(dh) - xhat * mean(dh * xhat))
  *   through mhat (the channel means):  dmhat_c = alpha_c * sum dh and
  *     dmu_c = s * (dmhat_c - mean_c dmhat - mhat_c * sum_k(dmhat_k * mhat_k) / (C - 1)),
- *   which reaches every x of plane c as dmu_c / (H*W). */
+ *   which reaches every x of plane c as dmu_c / (H*W).
+ * Per plane that is dx = A * (g - mean g) + B * (x - mu) + S with plane constants
+ * A = rstd * gamma, B = -rstd^2 * mean(dh * xhat), S = dmu / (H*W), applied in fp32. Both
+ * differences come first: rstd can be large (up to 1/sqrt(eps) = 316 for a constant plane),
+ * and A * g - A * mean g would lose to cancellation what g - mean g keeps. */
+typedef struct {
+    float *dx;
+    const float *dout, *x, *gamma, *alpha, *mean, *rstd, *mhat, *chan_rstd;
+    const int32_t *labels;
+    double *sum_g, *sum_gxhat; /* per plane: sum g, sum g * xhat */
+    int param_stride, C, accumulate;
+    size_t P;
+} in_backward_args;
+
+static void in_plane_grad_sums(const in_backward_args *a, size_t nc) {
+    const float *gp = a->dout + nc * a->P, *xp = a->x + nc * a->P;
+    const double mu = a->mean[nc];
+    double sg = 0.0, sgx = 0.0;
+#pragma omp simd reduction(+ : sg, sgx)
+    for (size_t i = 0; i < a->P; i++) {
+        sg += gp[i];
+        sgx += (double)gp[i] * ((double)xp[i] - mu);
+    }
+    a->sum_g[nc] = sg;
+    a->sum_gxhat[nc] = sgx * (double)a->rstd[nc];
+}
+
+/* The channel-means path of example n, then its planes' dx. */
+static void in_example_backward_apply(const in_backward_args *a, int n) {
+    const int C = a->C;
+    const size_t row = param_row(a->labels, n, a->param_stride), base = (size_t)n * C;
+    const double inv_P = 1.0 / (double)a->P;
+    double mean_dmhat = 0.0, dot = 0.0;
+    if (C > 1) {
+        for (int c = 0; c < C; c++) {
+            double dmhat = (double)a->alpha[row + c] * a->gamma[row + c] * a->sum_g[base + c];
+            mean_dmhat += dmhat;
+            dot += dmhat * a->mhat[base + c];
+        }
+        mean_dmhat /= C;
+    }
+    for (int c = 0; c < C; c++) {
+        const size_t nc = base + c;
+        double dmu = 0.0;
+        if (C > 1) {
+            double dmhat = (double)a->alpha[row + c] * a->gamma[row + c] * a->sum_g[nc];
+            dmu = a->chan_rstd[n] * (dmhat - mean_dmhat - a->mhat[nc] * dot / (C - 1));
+        }
+        const double g = a->gamma[row + c], r = a->rstd[nc];
+        const double mean_dh_xhat = g * a->sum_gxhat[nc] * inv_P;
+        const float A = (float)(r * g), B = (float)(-r * r * mean_dh_xhat), S = (float)(dmu * inv_P);
+        const float mu = a->mean[nc], mean_g = (float)(a->sum_g[nc] * inv_P);
+        const float *gp = a->dout + nc * a->P, *xp = a->x + nc * a->P;
+        float *dp = a->dx + nc * a->P;
+        if (a->accumulate) {
+#pragma omp simd
+            for (size_t i = 0; i < a->P; i++) dp[i] += fmaf(A, gp[i] - mean_g, fmaf(B, xp[i] - mu, S));
+        } else {
+#pragma omp simd
+            for (size_t i = 0; i < a->P; i++) dp[i] = fmaf(A, gp[i] - mean_g, fmaf(B, xp[i] - mu, S));
+        }
+    }
+}
+
 static void cpu_instance_norm_plus_backward(ncsn_backend *be, float *dx, float *dgamma, float *dalpha,
                                             float *dbeta, const float *dout, const float *x, const float *gamma,
                                             const float *alpha, int param_stride, const int32_t *labels,
@@ -166,77 +292,91 @@ static void cpu_instance_norm_plus_backward(ncsn_backend *be, float *dx, float *
     if (labels) check_labels("instance_norm_plus_backward", labels, N);
     NCSN_CHECKF(labels || param_stride == 0, "instance_norm_plus_backward: stride %d without labels", param_stride);
     const size_t P = (size_t)H * W, NC = (size_t)N * C;
-    const float *mean = stats, *rstd = stats + NC, *mhat = stats + 2 * NC, *chan_rstd = stats + 3 * NC;
-    /* Per-plane sums: sum g, sum g * xhat (both double). */
-    double *sum_g = op_scratch(be, 3 * NC * sizeof(double)), *sum_gxhat = sum_g + NC, *dmu = sum_g + 2 * NC;
-
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        const float *gp = dout + nc * P, *xp = x + nc * P;
-        double mu = mean[nc], r = rstd[nc], sg = 0.0, sgx = 0.0;
-        for (size_t i = 0; i < P; i++) {
-            sg += gp[i];
-            sgx += gp[i] * ((xp[i] - mu) * r);
+    double *sums = op_scratch(be, 2 * NC * sizeof(double));
+    const in_backward_args a = {.dx = dx, .dout = dout, .x = x, .gamma = gamma, .alpha = alpha, .mean = stats,
+                                .rstd = stats + NC, .mhat = stats + 2 * NC, .chan_rstd = stats + 3 * NC,
+                                .labels = labels, .sum_g = sums, .sum_gxhat = sums + NC,
+                                .param_stride = param_stride, .C = C, .accumulate = accumulate, .P = P};
+    const int parallel = NC * P >= CPU_PARALLEL_MIN;
+    if (N >= omp_get_max_threads()) {
+#pragma omp parallel for schedule(static) if (parallel : parallel)
+        for (int n = 0; n < N; n++) {
+            for (size_t nc = (size_t)n * C; nc < (size_t)(n + 1) * C; nc++) in_plane_grad_sums(&a, nc);
+            in_example_backward_apply(&a, n);
         }
-        sum_g[nc] = sg;
-        sum_gxhat[nc] = sgx;
+    } else {
+#pragma omp parallel if (parallel : parallel)
+        {
+#pragma omp for schedule(static)
+            for (size_t nc = 0; nc < NC; nc++) in_plane_grad_sums(&a, nc);
+#pragma omp for schedule(static)
+            for (int n = 0; n < N; n++) in_example_backward_apply(&a, n);
+        }
     }
-    /* Parameter gradients: serial over n because examples may share a row. */
+    /* Parameter gradients: serial over n because examples may share a row (N * C terms). */
     for (int n = 0; n < N; n++) {
         size_t row = param_row(labels, n, param_stride);
         for (int c = 0; c < C; c++) {
             size_t nc = (size_t)n * C + c;
-            double mh = mhat[nc];
-            dbeta[row + c] += (float)sum_g[nc];
-            dgamma[row + c] += (float)(sum_gxhat[nc] + alpha[row + c] * mh * sum_g[nc]);
-            dalpha[row + c] += (float)(gamma[row + c] * mh * sum_g[nc]);
-        }
-    }
-    /* Channel-means path. */
-    for (int n = 0; n < N; n++) {
-        size_t row = param_row(labels, n, param_stride), base = (size_t)n * C;
-        if (C == 1) {
-            dmu[base] = 0.0;
-            continue;
-        }
-        double s = chan_rstd[n], mean_dmhat = 0.0, dot = 0.0;
-        for (int c = 0; c < C; c++) {
-            double dmhat = (double)alpha[row + c] * gamma[row + c] * sum_g[base + c];
-            mean_dmhat += dmhat;
-            dot += dmhat * mhat[base + c];
-        }
-        mean_dmhat /= C;
-        for (int c = 0; c < C; c++) {
-            double dmhat = (double)alpha[row + c] * gamma[row + c] * sum_g[base + c];
-            dmu[base + c] = s * (dmhat - mean_dmhat - mhat[base + c] * dot / (C - 1));
-        }
-    }
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        int n = (int)(nc / C), c = (int)(nc % C);
-        size_t p = param_row(labels, n, param_stride) + c;
-        double g = gamma[p], r = rstd[nc], mu = mean[nc];
-        double mean_dh = g * sum_g[nc] / (double)P, mean_dh_xhat = g * sum_gxhat[nc] / (double)P;
-        double shift = dmu[nc] / (double)P;
-        const float *gp = dout + nc * P, *xp = x + nc * P;
-        float *dp = dx + nc * P;
-        for (size_t i = 0; i < P; i++) {
-            double xhat = (xp[i] - mu) * r;
-            float v = (float)(r * (g * gp[i] - mean_dh - xhat * mean_dh_xhat) + shift);
-            dp[i] = accumulate ? dp[i] + v : v;
+            double mh = a.mhat[nc], sg = a.sum_g[nc];
+            dbeta[row + c] += (float)sg;
+            dgamma[row + c] += (float)(a.sum_gxhat[nc] + alpha[row + c] * mh * sg);
+            dalpha[row + c] += (float)(gamma[row + c] * mh * sg);
         }
     }
 }
 
 /* ---- ELU ----------------------------------------------------------------------------- */
 
+/* expm1(x) for x <= 0, branch-free so that the ELU loops vectorise (libm's expm1f is a
+ * call per element, which no compiler vectorises; it was the largest non-convolution cost
+ * of a training step). It computes the same function as ncsn_elu in kernels/element_math.h
+ * (the reference, which the CUDA kernels run) to within the error stated below.
+ * Method (as Cephes/SLEEF): x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2 (ln2 in
+ * two parts, Cody-Waite, so r is exact to fp32 rounding); expm1(r) by its Taylor series to
+ * r^7 (truncation < 1.6e-8 relative on that interval); then
+ * expm1(x) = 2^k expm1(r) + (2^k - 1) as one fma, where 2^k - 1 is exact. k = 0 near 0,
+ * so small |x| keep full relative accuracy (no exp(x) - 1 cancellation). x is clamped to
+ * [-30, 0]: below -17.4 expm1f is -1 in fp32 anyway, and 2^-44 stays a normal number.
+ * NaN stays NaN (the clamps compare false and the arithmetic propagates it); -inf gives -1.
+ * Measured against double expm1 over [-20, 20] (positive x take ELU's x > 0 branch and
+ * are exact): on every fp32 value of [-20, 0) the max error is 0.88 ulp (0.50 ulp on
+ * [-1e-3, 0)); on the 2^-12 grid the max relative error is 7.4e-8 and the result is at
+ * most 1 ulp from glibc's expm1f. Denormal inputs come back unchanged (expm1(x) = x). */
+static inline float elu_expm1_nonpositive(float x) {
+    float xc = x > 0.0f ? 0.0f : x;
+    xc = xc < -30.0f ? -30.0f : xc;
+    /* k = round(x / ln2) by the 1.5 * 2^23 trick: the low bits of t hold k, no int conversion. */
+    const float shifter = 12582912.0f; /* 0x1.8p23 */
+    const float t = fmaf(xc, 1.44269504088896341f, shifter);
+    const float kf = t - shifter;
+    const float r = fmaf(kf, -1.42860682030941723212e-6f, fmaf(kf, -0.693145751953125f, xc));
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    const float expm1_r = fmaf(p * r, r, r);
+    uint32_t tbits, scale_bits;
+    memcpy(&tbits, &t, sizeof tbits);
+    scale_bits = (tbits - 0x4B400000u + 127u) << 23; /* k + bias into the exponent field */
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return fmaf(scale, expm1_r, scale - 1.0f);
+}
+
 static void cpu_elu_forward(ncsn_backend *be, float *out, const float *x, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = ncsn_elu(x[i]);
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i];
+        const float neg = elu_expm1_nonpositive(v);
+        out[i] = v > 0.0f ? v : neg;
+    }
 }
 
 static void cpu_elu_backward(ncsn_backend *be, float *dx, const float *dout, const float *out, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) dx[i] = ncsn_elu_grad_from_output(dout[i], out[i]);
 }
 
@@ -249,7 +389,7 @@ static void cpu_mean_pool2_forward(ncsn_backend *be, float *out, const float *in
     NCSN_CHECKF(H % 2 == 0 && W % 2 == 0, "mean_pool2_forward: H=%d W=%d must be even", H, W);
     const int Ho = H / 2, Wo = W / 2;
     const size_t NC = (size_t)N * C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : NC * H * W >= CPU_PARALLEL_MIN)
     for (size_t nc = 0; nc < NC; nc++) {
         const float *ip = in + nc * H * W;
         float *op = out + nc * Ho * Wo;
@@ -267,7 +407,7 @@ static void cpu_mean_pool2_backward(ncsn_backend *be, float *din, const float *d
     NCSN_CHECKF(H % 2 == 0 && W % 2 == 0, "mean_pool2_backward: H=%d W=%d must be even", H, W);
     const int Wo = W / 2;
     const size_t NC = (size_t)N * C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : NC * H * W >= CPU_PARALLEL_MIN)
     for (size_t nc = 0; nc < NC; nc++) {
         const float *gp = dout + nc * (H / 2) * Wo;
         float *dp = din + nc * H * W;
@@ -280,46 +420,126 @@ static void cpu_mean_pool2_backward(ncsn_backend *be, float *din, const float *d
     }
 }
 
-/* Mean of the 5x5 window centred at (y, x) with zero padding counted (count_include_pad:
- * always / 25), summed row-major in fp32 like PyTorch's CPU avg_pool2d. The window is
- * symmetric, so the same function is the forward (over inputs) and the gather form of the
- * backward (each input collects the outputs whose window covers it; no races). */
-static inline float box5_mean(const float *plane, int H, int W, int y, int x) {
-    float sum = 0.0f;
-    for (int ky = y - 2; ky <= y + 2; ky++) {
-        if (ky < 0 || ky >= H) continue;
-        for (int kx = x - 2; kx <= x + 2; kx++)
-            if (kx >= 0 && kx < W) sum += plane[(size_t)ky * W + kx];
-    }
-    return sum / 25.0f;
+/* ---- 5x5 windows (stride 1, pad 2), separably ----------------------------------------
+ * A 5x5 window is a 5-tap pass along W and then a 5-tap pass along H over its result; the
+ * avg pool adds, the max pool takes maxima. The padding is made real, so that no loop has
+ * a border case (border cases in scalar code were most of the time of a 16x16 plane):
+ * each plane is copied into rows of W + 4 with two pad columns on each side, and the W
+ * pass writes into a buffer with two pad rows above and below, so the H pass is one flat
+ * loop over the plane (row offsets 0 .. 4W). The pad value is what the padding means: 0
+ * for the count_include_pad sum (x + 0 == x, so the sums equal those of skipping the
+ * taps), -inf for the max (it never wins against a real value; planes holding NaN or -inf
+ * take the reference path below instead).
+ * Scratch: each thread owns a slice of op_buf, cache-line aligned so that threads never
+ * share a line; pad cells are written once per op and only the interior per plane. */
+
+#define CPU_CACHE_FLOATS 16 /* 64-byte lines */
+
+/* One slice of op_buf per thread that a parallel region may have. */
+typedef struct {
+    float *base;
+    size_t stride; /* floats, whole cache lines */
+} thread_slices;
+
+/* Lays out op_buf as [head_bytes of shared data | one slice of per_thread floats per
+ * thread], each part starting on a cache line, and returns the head. */
+static void *op_scratch_with_slices(ncsn_backend *be, size_t head_bytes, size_t per_thread, thread_slices *slices) {
+    const size_t line = CPU_CACHE_FLOATS * sizeof(float);
+    const size_t head = (head_bytes + line - 1) / line * line;
+    slices->stride = (per_thread + CPU_CACHE_FLOATS - 1) / CPU_CACHE_FLOATS * CPU_CACHE_FLOATS;
+    char *p = op_scratch(be, head + slices->stride * (size_t)omp_get_max_threads() * sizeof(float));
+    slices->base = (float *)(p + head);
+    return p;
 }
 
-/* AvgPool2d(5, stride 1, pad 2), count_include_pad (v1 CondCRPBlock). */
+/* The calling thread's slice (inside the parallel region). */
+static float *my_slice(const thread_slices *slices) {
+    return slices->base + slices->stride * (size_t)omp_get_thread_num();
+}
+
+/* Floats of a plane with two pad columns each side, and of one with two pad rows each side. */
+static size_t padded_columns_size(int H, int W) { return (size_t)H * ((size_t)W + 4); }
+static size_t padded_rows_size(int H, int W) { return ((size_t)H + 4) * (size_t)W; }
+
+static void pad_columns_init(float *pin, int H, int W, float pad) {
+    for (int y = 0; y < H; y++) {
+        float *row = pin + (size_t)y * (W + 4);
+        row[0] = row[1] = row[W + 2] = row[W + 3] = pad;
+    }
+}
+
+static void pad_columns_copy(float *pin, const float *plane, int H, int W) {
+    for (int y = 0; y < H; y++) memcpy(pin + (size_t)y * (W + 4) + 2, plane + (size_t)y * W, (size_t)W * sizeof(float));
+}
+
+static void pad_rows_init(float *rows, int H, int W, float pad) {
+    const size_t w = (size_t)W, tail = ((size_t)H + 2) * w;
+    for (size_t i = 0; i < 2 * w; i++) rows[i] = rows[tail + i] = pad;
+}
+
+/* rs row y + 2 = sums of the 5 taps of row y, left to right. */
+static void box5_rows(float *rs, const float *pin, int H, int W) {
+    for (int y = 0; y < H; y++) {
+        const float *p = pin + (size_t)y * (W + 4);
+        float *o = rs + ((size_t)y + 2) * W;
+#pragma omp simd
+        for (int x = 0; x < W; x++) o[x] = (((p[x] + p[x + 1]) + p[x + 2]) + p[x + 3]) + p[x + 4];
+    }
+}
+
+/* out (= or +=) the sums of the 5 row sums, top to bottom, / 25. */
+static void box5_cols(float *out, const float *rs, int H, int W, int accumulate) {
+    const size_t P = (size_t)H * W, w = (size_t)W;
+    if (accumulate) {
+#pragma omp simd
+        for (size_t i = 0; i < P; i++)
+            out[i] += ((((rs[i] + rs[i + w]) + rs[i + 2 * w]) + rs[i + 3 * w]) + rs[i + 4 * w]) / 25.0f;
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < P; i++)
+            out[i] = ((((rs[i] + rs[i + w]) + rs[i + 2 * w]) + rs[i + 3 * w]) + rs[i + 4 * w]) / 25.0f;
+    }
+}
+
+/* AvgPool2d(5, stride 1, pad 2), count_include_pad (v1 CondCRPBlock): fp32 sums of the
+ * 5 row sums (PyTorch's CPU kernel adds the 25 taps row-major; the two orders differ by
+ * fp32 rounding, ~1e-7 relative). The window is symmetric, so the same box filter is the
+ * backward in gather form (each input collects the outputs whose window covers it). */
+static void box5_mean_planes(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W,
+                             int accumulate) {
+    const size_t NC = (size_t)N * C, P = (size_t)H * W, pin_size = padded_columns_size(H, W);
+    thread_slices slices;
+    op_scratch_with_slices(be, 0, pin_size + padded_rows_size(H, W), &slices);
+#pragma omp parallel if (parallel : NC * P >= CPU_PARALLEL_MIN)
+    {
+        float *pin = my_slice(&slices), *rs = pin + pin_size;
+        pad_columns_init(pin, H, W, 0.0f);
+        pad_rows_init(rs, H, W, 0.0f);
+#pragma omp for schedule(static)
+        for (size_t nc = 0; nc < NC; nc++) {
+            pad_columns_copy(pin, in + nc * P, H, W);
+            box5_rows(rs, pin, H, W);
+            box5_cols(out + nc * P, rs, H, W, accumulate);
+        }
+    }
+}
+
 static void cpu_avg_pool5_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W) {
     check_nchw("avg_pool5_forward", N, C, H, W);
-    const size_t NC = (size_t)N * C, P = (size_t)H * W;
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++)
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++) out[nc * P + (size_t)y * W + x] = box5_mean(in + nc * P, H, W, y, x);
+    box5_mean_planes(be, out, in, N, C, H, W, 0);
 }
 
 static void cpu_avg_pool5_backward(ncsn_backend *be, float *din, const float *dout, int N, int C, int H, int W,
                                    int accumulate) {
     check_nchw("avg_pool5_backward", N, C, H, W);
-    const size_t NC = (size_t)N * C, P = (size_t)H * W;
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++)
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++) {
-                float v = box5_mean(dout + nc * P, H, W, y, x);
-                float *d = din + nc * P + (size_t)y * W + x;
-                *d = accumulate ? *d + v : v;
-            }
+    box5_mean_planes(be, din, dout, N, C, H, W, accumulate);
 }
 
-/* Index (within the plane) of the first maximum of the 5x5 window at (y, x), row-major;
- * out-of-range positions are -inf padding and never win. */
+/* MaxPool2d(5, stride 1, pad 2) (v2 CRPBlock).
+ * Reference semantics, and the path for planes that hold a NaN or -inf: the index (within
+ * the plane) of the first maximum of the 5x5 window at (y, x) in row-major order; a NaN
+ * wins at once (PyTorch propagates NaN); out-of-range positions are -inf padding and never
+ * win, not even against a -inf input. */
 static inline size_t max_pool5_argmax(const float *ip, int H, int W, int y, int x) {
     size_t best = (size_t)y * W + x;
     float best_v = -INFINITY;
@@ -333,36 +553,159 @@ static inline size_t max_pool5_argmax(const float *ip, int H, int W, int y, int 
                 best = (size_t)ky * W + kx;
                 best_v = v;
                 found = 1;
-                if (isnan(v)) return best; /* PyTorch propagates NaN */
+                if (isnan(v)) return best;
             }
         }
     }
     return best;
 }
 
-static void cpu_max_pool5_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W) {
-    check_nchw("max_pool5_forward", N, C, H, W);
-    const size_t NC = (size_t)N * C;
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        const float *ip = in + nc * H * W;
-        float *op = out + nc * H * W;
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++) op[(size_t)y * W + x] = ip[max_pool5_argmax(ip, H, W, y, x)];
+/* Does the plane hold a value for which -inf padding and strict `>` are not the reference
+ * semantics (NaN, -inf)? */
+static int plane_needs_reference(const float *p, size_t P) {
+    int odd = 0;
+#pragma omp simd reduction(| : odd)
+    for (size_t i = 0; i < P; i++) odd |= !(p[i] > -INFINITY);
+    return odd;
+}
+
+/* The first maximum in row-major order of a 5x5 window is the leftmost maximum of the
+ * topmost row whose maximum equals the window's. So the W pass keeps, per position, the
+ * row maximum and the plane index of its leftmost occurrence, and the H pass keeps the
+ * topmost row on ties: both replace only on a strict `>`, scanning left to right and top
+ * to bottom. */
+static inline void max5_take(float *m, int32_t *k, float v, int32_t kv) {
+    const int better = v > *m;
+    *m = better ? v : *m;
+    *k = better ? kv : *k;
+}
+
+/* rm row y + 2 = max of the 5 taps of row y (values only: the forward). */
+static void max5_rows(float *rm, const float *pin, int H, int W) {
+    for (int y = 0; y < H; y++) {
+        const float *p = pin + (size_t)y * (W + 4);
+        float *o = rm + ((size_t)y + 2) * W;
+#pragma omp simd
+        for (int x = 0; x < W; x++) {
+            float m = p[x];
+            m = p[x + 1] > m ? p[x + 1] : m;
+            m = p[x + 2] > m ? p[x + 2] : m;
+            m = p[x + 3] > m ? p[x + 3] : m;
+            m = p[x + 4] > m ? p[x + 4] : m;
+            o[x] = m;
+        }
     }
 }
 
+static void max5_cols(float *out, const float *rm, int H, int W) {
+    const size_t P = (size_t)H * W, w = (size_t)W;
+#pragma omp simd
+    for (size_t i = 0; i < P; i++) {
+        float m = rm[i];
+        m = rm[i + w] > m ? rm[i + w] : m;
+        m = rm[i + 2 * w] > m ? rm[i + 2 * w] : m;
+        m = rm[i + 3 * w] > m ? rm[i + 3 * w] : m;
+        m = rm[i + 4 * w] > m ? rm[i + 4 * w] : m;
+        out[i] = m;
+    }
+}
+
+/* The same with the index of the first maximum (the backward). A pad tap's index lies
+ * outside the row, but it is never chosen. */
+static void max5_rows_arg(float *rm, int32_t *ri, const float *pin, int H, int W) {
+    for (int y = 0; y < H; y++) {
+        const float *p = pin + (size_t)y * (W + 4);
+        const size_t row = ((size_t)y + 2) * W;
+        const int32_t first_tap = (int32_t)((size_t)y * W) - 2; /* plane index of tap 0 at x = 0 */
+#pragma omp simd
+        for (int x = 0; x < W; x++) {
+            float m = p[x];
+            int32_t k = first_tap + x;
+            max5_take(&m, &k, p[x + 1], first_tap + x + 1);
+            max5_take(&m, &k, p[x + 2], first_tap + x + 2);
+            max5_take(&m, &k, p[x + 3], first_tap + x + 3);
+            max5_take(&m, &k, p[x + 4], first_tap + x + 4);
+            rm[row + x] = m;
+            ri[row + x] = k;
+        }
+    }
+}
+
+static void max5_cols_arg(int32_t *arg, const float *rm, const int32_t *ri, int H, int W) {
+    const size_t P = (size_t)H * W, w = (size_t)W;
+#pragma omp simd
+    for (size_t i = 0; i < P; i++) {
+        float m = rm[i];
+        int32_t k = ri[i];
+        max5_take(&m, &k, rm[i + w], ri[i + w]);
+        max5_take(&m, &k, rm[i + 2 * w], ri[i + 2 * w]);
+        max5_take(&m, &k, rm[i + 3 * w], ri[i + 3 * w]);
+        max5_take(&m, &k, rm[i + 4 * w], ri[i + 4 * w]);
+        arg[i] = k;
+    }
+}
+
+static void cpu_max_pool5_forward(ncsn_backend *be, float *out, const float *in, int N, int C, int H, int W) {
+    check_nchw("max_pool5_forward", N, C, H, W);
+    const size_t NC = (size_t)N * C, P = (size_t)H * W, pin_size = padded_columns_size(H, W);
+    thread_slices slices;
+    op_scratch_with_slices(be, 0, pin_size + padded_rows_size(H, W), &slices);
+#pragma omp parallel if (parallel : NC * P >= CPU_PARALLEL_MIN)
+    {
+        float *pin = my_slice(&slices), *rm = pin + pin_size;
+        pad_columns_init(pin, H, W, -INFINITY);
+        pad_rows_init(rm, H, W, -INFINITY);
+#pragma omp for schedule(static)
+        for (size_t nc = 0; nc < NC; nc++) {
+            const float *ip = in + nc * P;
+            float *op = out + nc * P;
+            if (plane_needs_reference(ip, P)) {
+                for (int y = 0; y < H; y++)
+                    for (int x = 0; x < W; x++) op[(size_t)y * W + x] = ip[max_pool5_argmax(ip, H, W, y, x)];
+                continue;
+            }
+            pad_columns_copy(pin, ip, H, W);
+            max5_rows(rm, pin, H, W);
+            max5_cols(op, rm, H, W);
+        }
+    }
+}
+
+/* Each output's gradient goes to the first maximum of its window (recomputed separably:
+ * the forward has no index output), added in row-major order of the outputs, as the
+ * reference loop adds them (so the result is the reference's, bit for bit). The scatter
+ * is scalar; a vectorised 25-tap gather (each input summing the outputs that chose it, in
+ * the same order) measured 2x slower: its masked adds form a 25-long dependency chain. */
 static void cpu_max_pool5_backward(ncsn_backend *be, float *din, const float *dout, const float *in, int N, int C,
                                    int H, int W, int accumulate) {
     check_nchw("max_pool5_backward", N, C, H, W);
+    NCSN_CHECKF(((size_t)H + 4) * ((size_t)W + 4) <= INT32_MAX, "max_pool5_backward: plane %dx%d too large", H, W);
     const size_t NC = (size_t)N * C, P = (size_t)H * W;
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        const float *ip = in + nc * P, *gp = dout + nc * P;
-        float *dp = din + nc * P;
-        if (!accumulate) memset(dp, 0, P * sizeof(float));
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++) dp[max_pool5_argmax(ip, H, W, y, x)] += gp[(size_t)y * W + x];
+    const size_t pin_size = padded_columns_size(H, W), rows_size = padded_rows_size(H, W);
+    thread_slices slices; /* padded plane | row maxima | their indices | window argmax */
+    op_scratch_with_slices(be, 0, pin_size + 2 * rows_size + P, &slices);
+#pragma omp parallel if (parallel : NC * P >= CPU_PARALLEL_MIN)
+    {
+        float *pin = my_slice(&slices), *rm = pin + pin_size;
+        int32_t *ri = (int32_t *)(rm + rows_size), *arg = ri + rows_size;
+        pad_columns_init(pin, H, W, -INFINITY);
+        pad_rows_init(rm, H, W, -INFINITY);
+        memset(ri, 0, rows_size * sizeof(int32_t)); /* pad rows: never chosen, but defined */
+#pragma omp for schedule(static)
+        for (size_t nc = 0; nc < NC; nc++) {
+            const float *ip = in + nc * P, *gp = dout + nc * P;
+            float *dp = din + nc * P;
+            if (!accumulate) memset(dp, 0, P * sizeof(float));
+            if (plane_needs_reference(ip, P)) {
+                for (int y = 0; y < H; y++)
+                    for (int x = 0; x < W; x++) dp[max_pool5_argmax(ip, H, W, y, x)] += gp[(size_t)y * W + x];
+                continue;
+            }
+            pad_columns_copy(pin, ip, H, W);
+            max5_rows_arg(rm, ri, pin, H, W);
+            max5_cols_arg(arg, rm, ri, H, W);
+            for (size_t i = 0; i < P; i++) dp[arg[i]] += gp[i];
+        }
     }
 }
 
@@ -401,7 +744,7 @@ static void cpu_resize_bilinear_forward(ncsn_backend *be, float *out, const floa
                                         int Ho, int Wo) {
     bilinear_tap *ty = bilinear_plan(be, "resize_bilinear_forward", N, C, H, W, Ho, Wo), *tx = ty + Ho;
     const size_t NC = (size_t)N * C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : NC * Ho * Wo >= CPU_PARALLEL_MIN)
     for (size_t nc = 0; nc < NC; nc++) {
         const float *ip = in + nc * H * W;
         float *op = out + nc * Ho * Wo;
@@ -416,24 +759,47 @@ static void cpu_resize_bilinear_forward(ncsn_backend *be, float *out, const floa
     }
 }
 
+/* The adjoint of the forward's two 1-D interpolations, one after the other: first along H
+ * (each output row adds into its two source rows of a H x Wo buffer, a contiguous
+ * vectorised loop), then along W (each buffer element into its two source columns). That
+ * is (Ho + H) * Wo * 2 multiply-adds instead of the 4 * Ho * Wo scattered ones of adding
+ * each output's four taps directly; the weights are the same, the rounding of the sums
+ * differs at fp32 level. */
 static void cpu_resize_bilinear_backward(ncsn_backend *be, float *din, const float *dout, int N, int C, int H,
                                          int W, int Ho, int Wo, int accumulate) {
-    bilinear_tap *ty = bilinear_plan(be, "resize_bilinear_backward", N, C, H, W, Ho, Wo), *tx = ty + Ho;
-    const size_t NC = (size_t)N * C;
-#pragma omp parallel for schedule(static)
-    for (size_t nc = 0; nc < NC; nc++) {
-        const float *gp = dout + nc * Ho * Wo;
-        float *dp = din + nc * H * W;
-        if (!accumulate) memset(dp, 0, (size_t)H * W * sizeof(float));
-        for (int y = 0; y < Ho; y++) {
-            float *r0 = dp + (size_t)ty[y].i0 * W, *r1 = dp + (size_t)ty[y].i1 * W;
-            for (int x = 0; x < Wo; x++) {
-                float g = gp[(size_t)y * Wo + x];
-                int x0 = tx[x].i0, x1 = tx[x].i1;
-                r0[x0] += ty[y].l0 * tx[x].l0 * g;
-                r0[x1] += ty[y].l0 * tx[x].l1 * g;
-                r1[x0] += ty[y].l1 * tx[x].l0 * g;
-                r1[x1] += ty[y].l1 * tx[x].l1 * g;
+    check_nchw("resize_bilinear_backward", N, C, H, W);
+    NCSN_CHECKF(Ho > 0 && Wo > 0, "resize_bilinear_backward: bad output size %dx%d", Ho, Wo);
+    const size_t NC = (size_t)N * C, rows = (size_t)H * Wo;
+    thread_slices slices;
+    bilinear_tap *ty = op_scratch_with_slices(be, ((size_t)Ho + Wo) * sizeof(bilinear_tap), rows, &slices);
+    bilinear_tap *tx = ty + Ho;
+    bilinear_taps(ty, H, Ho);
+    bilinear_taps(tx, W, Wo);
+#pragma omp parallel if (parallel : NC * (size_t)Ho * Wo >= CPU_PARALLEL_MIN)
+    {
+        float *dy = my_slice(&slices);
+#pragma omp for schedule(static)
+        for (size_t nc = 0; nc < NC; nc++) {
+            const float *gp = dout + nc * (size_t)Ho * Wo;
+            float *dp = din + nc * (size_t)H * W;
+            memset(dy, 0, rows * sizeof(float));
+            for (int y = 0; y < Ho; y++) {
+                float *r0 = dy + (size_t)ty[y].i0 * Wo, *r1 = dy + (size_t)ty[y].i1 * Wo;
+                const float *g = gp + (size_t)y * Wo, l0 = ty[y].l0, l1 = ty[y].l1;
+                /* r0 and r1 are the same row at the last source row (l1 = 0): two loops. */
+#pragma omp simd
+                for (int x = 0; x < Wo; x++) r0[x] += l0 * g[x];
+#pragma omp simd
+                for (int x = 0; x < Wo; x++) r1[x] += l1 * g[x];
+            }
+            if (!accumulate) memset(dp, 0, (size_t)H * W * sizeof(float));
+            for (int yi = 0; yi < H; yi++) {
+                const float *r = dy + (size_t)yi * Wo;
+                float *d = dp + (size_t)yi * W;
+                for (int x = 0; x < Wo; x++) {
+                    d[tx[x].i0] += tx[x].l0 * r[x];
+                    d[tx[x].i1] += tx[x].l1 * r[x];
+                }
             }
         }
     }
@@ -442,17 +808,17 @@ static void cpu_resize_bilinear_backward(ncsn_backend *be, float *din, const flo
 /* ---- elementwise --------------------------------------------------------------------- */
 
 static void cpu_add(ncsn_backend *be, float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 static void cpu_accumulate(ncsn_backend *be, float *y, const float *x, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
 static void cpu_scale_shift(ncsn_backend *be, float *out, const float *x, float scale, float shift, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) out[i] = x[i] * scale + shift;
 }
 
@@ -468,7 +834,7 @@ static void cpu_divide_by_sigma(ncsn_backend *be, float *out, const float *x, co
 }
 
 static void cpu_clamp01(ncsn_backend *be, float *x, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     /* Parenthesised: backend.h also defines a function-like macro ncsn_clamp01(be, ...). */
     for (size_t i = 0; i < n; i++) x[i] = ncsn_clamp01_element(x[i]);
 }
@@ -557,14 +923,14 @@ static void cpu_adam_step(ncsn_backend *be, float *params, const float *grads, f
     NCSN_CHECKF(hp->step >= 1, "adam_step: step %ld (1-based count after this update)", hp->step);
     NCSN_CHECKF(!hp->amsgrad || vmax, "adam_step: amsgrad needs vmax");
     const ncsn_adam_scalars s = ncsn_adam_prepare(hp);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)
         ncsn_adam_element(params + i, grads[i], m + i, v + i, hp->amsgrad ? vmax + i : NULL, hp->beta1, hp->beta2,
                           hp->eps, hp->weight_decay, hp->amsgrad, s.step_size, s.sqrt_bias_correction2);
 }
 
 static void cpu_ema_update(ncsn_backend *be, float *shadow, const float *params, size_t n, float mu) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) shadow[i] = ncsn_ema_element(shadow[i], params[i], mu);
 }
 
@@ -582,7 +948,7 @@ static void cpu_langevin_step(ncsn_backend *be, float *x, const float *score, in
 }
 
 static void cpu_denoise_step(ncsn_backend *be, float *x, const float *score, size_t n, float sigma_last_sq) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) x[i] = ncsn_denoise_element(x[i], score[i], sigma_last_sq);
 }
 
