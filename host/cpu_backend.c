@@ -37,6 +37,8 @@
  * costs microseconds on an idle machine (and a scheduler time slice when another job has
  * preempted a team thread), more than a 32K-element elementwise op takes alone. */
 #define CPU_PARALLEL_MIN ((size_t)1 << 15)
+/* The same for ops that draw a Philox normal per element (~100x the work of an add). */
+#define CPU_PARALLEL_MIN_RNG ((size_t)1 << 10)
 
 /* ---- memory ------------------------------------------------------------------------- */
 
@@ -785,7 +787,8 @@ static void cpu_resize_bilinear_backward(ncsn_backend *be, float *din, const flo
             memset(dy, 0, rows * sizeof(float));
             for (int y = 0; y < Ho; y++) {
                 float *r0 = dy + (size_t)ty[y].i0 * Wo, *r1 = dy + (size_t)ty[y].i1 * Wo;
-                const float *g = gp + (size_t)y * Wo, l0 = ty[y].l0, l1 = ty[y].l1;
+                const float *g = gp + (size_t)y * Wo;
+                const float l0 = ty[y].l0, l1 = ty[y].l1;
                 /* r0 and r1 are the same row at the last source row (l1 = 0): two loops. */
 #pragma omp simd
                 for (int x = 0; x < Wo; x++) r0[x] += l0 * g[x];
@@ -825,7 +828,7 @@ static void cpu_scale_shift(ncsn_backend *be, float *out, const float *x, float 
 static void cpu_divide_by_sigma(ncsn_backend *be, float *out, const float *x, const float *sigmas,
                                 const int32_t *labels, int N, size_t per_example) {
     check_labels("divide_by_sigma", labels, N);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN)
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < per_example; i++) {
             size_t j = (size_t)n * per_example + i;
@@ -844,7 +847,7 @@ static void cpu_label_bias_forward(ncsn_backend *be, float *out, const float *ta
     check_labels("label_bias_forward", labels, N);
     NCSN_CHECKF(N > 0 && C > 0, "label_bias_forward: N=%d C=%d", N, C);
     const size_t NC = (size_t)N * C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : NC * spatial >= CPU_PARALLEL_MIN)
     for (size_t nc = 0; nc < NC; nc++) {
         float b = table[(size_t)labels[nc / C] * C + nc % C];
         float *op = out + nc * spatial;
@@ -857,7 +860,7 @@ static void cpu_label_bias_backward_accumulate(ncsn_backend *be, float *dtable, 
     check_labels("label_bias_backward_accumulate", labels, N);
     NCSN_CHECKF(N > 0 && C > 0, "label_bias_backward_accumulate: N=%d C=%d", N, C);
     /* Parallel over channels, serial over examples: rows may repeat across n. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : (size_t)N * C * spatial >= CPU_PARALLEL_MIN)
     for (int c = 0; c < C; c++)
         for (int n = 0; n < N; n++) {
             const float *gp = dout + ((size_t)n * C + c) * spatial;
@@ -871,7 +874,7 @@ static void cpu_label_bias_backward_accumulate(ncsn_backend *be, float *dtable, 
 
 static void cpu_fill_normal(ncsn_backend *be, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
                             uint32_t example_offset, uint32_t step) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN_RNG)
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < per_example; i++)
             out[(size_t)n * per_example + i] = ncsn_rng_normal(seed, purpose, example_offset + (uint32_t)n, step, i);
@@ -879,7 +882,7 @@ static void cpu_fill_normal(ncsn_backend *be, float *out, int N, size_t per_exam
 
 static void cpu_fill_uniform(ncsn_backend *be, float *out, int N, size_t per_example, uint64_t seed,
                              uint32_t purpose, uint32_t example_offset, uint32_t step) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN_RNG)
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < per_example; i++)
             out[(size_t)n * per_example + i] = ncsn_rng_uniform(seed, purpose, example_offset + (uint32_t)n, step, i);
@@ -890,7 +893,7 @@ static void cpu_fill_uniform(ncsn_backend *be, float *out, int N, size_t per_exa
 static void cpu_noise_inject(ncsn_backend *be, float *x_noisy, const float *x, const float *z, const float *sigmas,
                              const int32_t *labels, int N, size_t per_example) {
     check_labels("noise_inject", labels, N);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN)
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < per_example; i++) {
             size_t j = (size_t)n * per_example + i;
@@ -904,7 +907,7 @@ static void cpu_dsm_loss(ncsn_backend *be, float *loss_per_example, float *dscor
     NCSN_CHECKF(N > 0, "dsm_loss: N=%d", N);
     const float inv_batch = 1.0f / (float)N;
     /* One example per iteration, summed serially: the loss does not depend on the thread count. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         float sigma = sigmas[labels[n]];
         size_t base = (size_t)n * per_example;
@@ -938,7 +941,7 @@ static void cpu_langevin_step(ncsn_backend *be, float *x, const float *score, in
                               uint64_t seed, uint32_t example_offset, uint32_t step) {
     NCSN_CHECKF(a >= 0.0f, "langevin_step: negative step size %g", (double)a);
     const float noise_scale = sqrtf(2.0f * a);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN_RNG)
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < per_example; i++) {
             size_t j = (size_t)n * per_example + i;
@@ -958,7 +961,7 @@ static void cpu_denoise_step(ncsn_backend *be, float *x, const float *score, siz
 static void cpu_sum_squares(ncsn_backend *be, float *out, const float *x, size_t n) {
     size_t nblocks = (n + SUM_BLOCK - 1) / SUM_BLOCK;
     double *partial = op_scratch(be, (nblocks ? nblocks : 1) * sizeof(double));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t blk = 0; blk < nblocks; blk++) {
         size_t end = (blk + 1) * SUM_BLOCK < n ? (blk + 1) * SUM_BLOCK : n;
         double sum = 0.0;
