@@ -135,9 +135,12 @@ int ncsn_cmd_score(int argc, char **argv) {
     ncsn_npy x, y;
     ncsn_npy_read(&x, in);
     if (x.dtype != NCSN_NPY_F32) ncsn_die("%s: expected float32 input, got another dtype", in);
-    if (x.ndim != 4 || x.shape[1] != C || x.shape[2] != H || x.shape[3] != W)
-        ncsn_die("%s: expected shape [N, %d, %d, %d] (NCHW), got a %d-d array%s", in, C, H, W, x.ndim,
-                 x.ndim == 4 ? " of another shape" : "");
+    if (x.ndim != 4 || x.shape[1] != C || x.shape[2] != H || x.shape[3] != W) {
+        char got[160] = "";
+        for (int d = 0; d < x.ndim && d < 8; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)x.shape[d]);
+        ncsn_die("%s: expected shape [N, %d, %d, %d] (NCHW), got [%s]", in, C, H, W, got);
+    }
     ncsn_npy_read(&y, lab);
     int64_t N = x.shape[0];
     if (y.ndim != 1 || y.shape[0] != N) ncsn_die("%s: expected shape [%lld] (one level per input)", lab, (long long)N);
