@@ -776,6 +776,17 @@ int ncsn_cmd_train(int argc, char **argv) {
     ncsn_comm_env env;
     ncsn_comm_env_read(&env);
     if (o.nproc > 1 && !env.launched) {
+        /* Refuse an indivisible batch here, once, before any rank exists: checked only in
+         * the ranks, a rank that exits first can make the launcher stop rank 0 before rank 0
+         * has printed the reason. */
+        ncsn_config cfg;
+        ncsn_config_load(&cfg, o.config_path);
+        int B = cfg.training.batch_size;
+        ncsn_config_free(&cfg);
+        if (B % o.nproc != 0)
+            ncsn_die("%s: training.batch_size %d is not a multiple of the %d data-parallel ranks: every rank takes "
+                     "an equal slice of the global batch (use a rank count that divides %d)",
+                     o.config_path, B, o.nproc, B);
         /* The launcher: K copies of this very command line (/proc/self/exe train ARGS...,
          * --nproc included: each child sees the rank variables, checks that --nproc agrees
          * with them and trains as one rank). */
