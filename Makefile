@@ -77,7 +77,7 @@ $(LIB): $(OBJ)
 $(BIN): $(BUILD)/host/main.o $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 	@echo "built $@ (CUDA backend: $(if $(filter 1,$(CUDA)),yes: sm_$(CUDA_ARCH),no))"
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(LIB)
+$(BUILD)/tests/%: tests/%.c tests/harness.h tests/train_support.h $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
 $(BUILD)/tests/gpu/%: tests/gpu/%.c tests/harness.h $(LIB)

@@ -45,6 +45,7 @@
 #include "ncsn/io.h"
 #include "ncsn/safetensors.h"
 #include "tests/harness.h"
+#include "tests/train_support.h"
 
 #define LR 1e-3
 #define TENSOR_REL 1e-4
@@ -54,26 +55,6 @@ static char g_root[256];
 static char g_ncsn[PATH_MAX];
 
 static void path_in(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", g_root, name); }
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
-        printf("cannot write %s: %s\n", path, strerror(errno));
-        exit(1);
-    }
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = calloc((size_t)n + 1, 1);
-    if (fread(s, 1, (size_t)n, f) != (size_t)n) s[0] = 0;
-    fclose(f);
-    return s;
-}
 
 /* The ncsn binary of this build: the test runs as BUILD/tests/test_train_dp. */
 static int find_ncsn(void) {
@@ -143,26 +124,6 @@ static void write_config(const char *path) {
              "  eps: 0.00000001\n",
              LR);
     write_text(path, text);
-}
-
-/* N gray S x S images: a bright disc on a dark background with pixel noise. */
-static void write_image_data(const char *path, int N, int S) {
-    uint8_t *u8 = malloc((size_t)N * S * S);
-    for (int n = 0; n < N; n++) {
-        float cx = S * (0.3f + 0.4f * ncsn_rng_uniform(5, NCSN_RNG_TOY, (uint32_t)n, 0, 0));
-        float cy = S * (0.3f + 0.4f * ncsn_rng_uniform(5, NCSN_RNG_TOY, (uint32_t)n, 0, 1));
-        float rad = S * (0.15f + 0.15f * ncsn_rng_uniform(5, NCSN_RNG_TOY, (uint32_t)n, 0, 2));
-        for (int y = 0; y < S; y++)
-            for (int x = 0; x < S; x++) {
-                float d = sqrtf((x - cx) * (x - cx) + (y - cy) * (y - cy));
-                int v = d < rad ? 220 : 30;
-                v += (int)(ncsn_rng_u32(5, NCSN_RNG_TOY, (uint32_t)n, 1, (uint64_t)(y * S + x)) % 21u) - 10;
-                u8[((size_t)n * S + y) * S + x] = (uint8_t)v;
-            }
-    }
-    int64_t shape[3] = {N, S, S};
-    ncsn_npy_write(path, NCSN_NPY_U8, 3, shape, u8);
-    free(u8);
 }
 
 /* The "loss" and "step" of every metrics line. Returns the count. */
