@@ -83,7 +83,7 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h tests/train_support.h $(LIB)
 $(BUILD)/tests/gpu/%: tests/gpu/%.c tests/harness.h $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
-$(BUILD)/bench/%: bench/%.c $(LIB)
+$(BUILD)/bench/%: bench/%.c bench/bench_util.h $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
 

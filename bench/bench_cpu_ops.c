@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "kernels/rng_math.h"
 #include "ncsn/backend.h"
 
@@ -152,32 +153,6 @@ static const char *torch_peer =
     "        print('op %s %s %.4f' % (name, op, ms))\n"
     "    sys.stdout.flush()\n";
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double load_average(void) {
-    double load = -1.0;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &load) != 1) load = -1.0;
-        fclose(f);
-    }
-    return load;
-}
-
-static void fill(float *p, size_t n, uint32_t stream, float scale, float shift) {
-    for (size_t i = 0; i < n; i++)
-        p[i] = shift + scale * (2.0f * ncsn_rng_uniform(1, NCSN_RNG_TOY, stream, 0, i) - 1.0f);
-}
-
 /* Buffers of one shape: activations x, y, g, out, and the half-size xs, gs of the
  * pools and the resize. */
 typedef struct {
@@ -250,14 +225,14 @@ static void bufs_create(ncsn_backend *be, bench_bufs *b, const bench_shape *s) {
     b->stats = bench_alloc(be, NCSN_NORM_STATS_COUNT(BATCH, s->C));
     b->labels = ncsn_alloc(be, BATCH * sizeof(int32_t));
     /* Activations as the model sees them: a non-zero mean per plane, both ELU branches. */
-    fill(b->x, b->n, 1, 2.0f, 0.3f);
-    fill(b->y, b->n, 2, 1.0f, 0.0f);
-    fill(b->g, b->n, 3, 1.0f, 0.0f);
-    fill(b->xs, b->n_half, 6, 1.0f, 0.0f);
-    fill(b->gs, b->n_half, 7, 1.0f, 0.0f);
-    fill(b->gamma, (size_t)s->C, 8, 0.02f, 1.0f);
-    fill(b->alpha, (size_t)s->C, 9, 0.02f, 1.0f);
-    fill(b->embed, (size_t)LEVELS * 3 * s->C, 10, 0.02f, 1.0f);
+    bench_fill(b->x, b->n, 1, 2.0f, 0.3f);
+    bench_fill(b->y, b->n, 2, 1.0f, 0.0f);
+    bench_fill(b->g, b->n, 3, 1.0f, 0.0f);
+    bench_fill(b->xs, b->n_half, 6, 1.0f, 0.0f);
+    bench_fill(b->gs, b->n_half, 7, 1.0f, 0.0f);
+    bench_fill(b->gamma, (size_t)s->C, 8, 0.02f, 1.0f);
+    bench_fill(b->alpha, (size_t)s->C, 9, 0.02f, 1.0f);
+    bench_fill(b->embed, (size_t)LEVELS * 3 * s->C, 10, 0.02f, 1.0f);
     for (int i = 0; i < BATCH; i++) b->labels[i] = i % LEVELS;
 }
 

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "host/cpu_internal.h"
+#include "bench/bench_util.h"
 #include "kernels/rng_math.h"
 #include "ncsn/backend.h"
 
@@ -35,31 +36,6 @@ static const bench_conv convs[] = {
 enum { NCONV = sizeof convs / sizeof convs[0], NDIR = 3, NPREC = 2, BATCH = 32 };
 static const char *const dir_names[NDIR] = {"forward", "backward_data", "backward_weights"};
 static const ncsn_precision precisions[NPREC] = {NCSN_PRECISION_FP32, NCSN_PRECISION_BF16};
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double load_average(void) {
-    double load = -1.0;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &load) != 1) load = -1.0;
-        fclose(f);
-    }
-    return load;
-}
-
-static void fill(float *p, size_t n, uint32_t stream, float scale) {
-    for (size_t i = 0; i < n; i++) p[i] = scale * (2.0f * ncsn_rng_uniform(1, NCSN_RNG_TOY, stream, 0, i) - 1.0f);
-}
 
 static void run_direction(ncsn_backend *be, int dir, const ncsn_conv_desc *d, float *y, float *dx, float *dw,
                           float *db, const float *x, const float *dy, const float *w, const float *b) {
@@ -98,10 +74,10 @@ int main(int argc, char **argv) {
         float *dy = ncsn_alloc(be, nact * sizeof(float)), *dx = ncsn_alloc(be, nact * sizeof(float));
         float *w = ncsn_alloc(be, nw * sizeof(float)), *dw = ncsn_alloc(be, nw * sizeof(float));
         float *b = ncsn_alloc(be, bc->C * sizeof(float)), *db = ncsn_alloc(be, bc->C * sizeof(float));
-        fill(x, nact, 1, 1.0f);
-        fill(dy, nact, 2, 1.0f);
-        fill(w, nw, 3, 0.03f);
-        fill(b, bc->C, 4, 0.1f);
+        bench_fill(x, nact, 1, 1.0f, 0.0f);
+        bench_fill(dy, nact, 2, 1.0f, 0.0f);
+        bench_fill(w, nw, 3, 0.03f, 0.0f);
+        bench_fill(b, bc->C, 4, 0.1f, 0.0f);
         double flops = 2.0 * BATCH * bc->C * bc->C * 9.0 * bc->H * bc->H;
         for (int dir = 0; dir < NDIR; dir++) {
             for (int r = -1; r < runs; r++)
