@@ -77,6 +77,37 @@ static void cpu_copy_to_host(ncsn_backend *be, void *dst_host, const void *src, 
 
 static void cpu_synchronize(ncsn_backend *be) {}
 
+/* Every CPU op has finished when it returns, so plain memory is all the staging an
+ * asynchronous upload needs, and a fence has nothing to wait for. */
+static void *cpu_host_alloc(ncsn_backend *be, size_t bytes) { return cpu_alloc(be, bytes); }
+
+static void cpu_host_free(ncsn_backend *be, void *p) { free(p); }
+
+/* Any distinct non-NULL pointer will do; the fence carries no state. */
+static ncsn_fence *cpu_fence_create(ncsn_backend *be) { return ncsn_xcalloc(1, 1); }
+
+static void cpu_fence_record(ncsn_backend *be, ncsn_fence *f) { NCSN_CHECKF(f, "fence_record: NULL fence"); }
+
+static void cpu_fence_wait(ncsn_backend *be, ncsn_fence *f) { NCSN_CHECKF(f, "fence_wait: NULL fence"); }
+
+static void cpu_fence_destroy(ncsn_backend *be, ncsn_fence *f) { free(f); }
+
+/* No graphs: callers run the ops directly (graph_begin returns 0), and nothing may then
+ * ask for a graph. */
+static int cpu_graph_begin(ncsn_backend *be) { return 0; }
+
+static ncsn_graph *cpu_graph_end(ncsn_backend *be) {
+    ncsn_die("graph_end: the cpu backend has no graphs (graph_begin returned 0)");
+}
+
+static void cpu_graph_launch(ncsn_backend *be, ncsn_graph *g) {
+    ncsn_die("graph_launch: the cpu backend has no graphs (graph_begin returned 0)");
+}
+
+static void cpu_graph_destroy(ncsn_backend *be, ncsn_graph *g) {
+    NCSN_CHECKF(g == NULL, "graph_destroy: the cpu backend has no graphs");
+}
+
 void *cpu_scratch_reserve(cpu_scratch *s, size_t bytes) {
     if (bytes <= s->bytes && s->ptr) return s->ptr;
     free(s->ptr);
@@ -848,6 +879,11 @@ static void cpu_clamp01(ncsn_backend *be, float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = ncsn_clamp01_element(x[i]);
 }
 
+static void cpu_logit(ncsn_backend *be, float *x, size_t n) {
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) x[i] = ncsn_logit_element(x[i]);
+}
+
 static void cpu_label_bias_forward(ncsn_backend *be, float *out, const float *table, const int32_t *labels, int N,
                                    int C, size_t spatial) {
     check_labels("label_bias_forward", labels, N);
@@ -956,6 +992,39 @@ static void cpu_langevin_step(ncsn_backend *be, float *x, const float *score, in
         }
 }
 
+/* The chain's level at its current step, checked: an out-of-range level is a sampler bug. */
+static int chain_level(const char *op, const uint32_t *state, uint32_t steps_per_level, int L) {
+    NCSN_CHECKF(state && steps_per_level > 0 && L > 0, "%s: state %p, steps_per_level %u, L %d", op,
+                (const void *)state, steps_per_level, L);
+    uint32_t level = state[NCSN_CHAIN_STEP] / steps_per_level;
+    NCSN_CHECKF(level < (uint32_t)L, "%s: step %u is level %u of a %d-level chain", op, state[NCSN_CHAIN_STEP], level,
+                L);
+    return (int)level;
+}
+
+static void cpu_langevin_step_chain(ncsn_backend *be, float *x, const float *score, int N, size_t per_example,
+                                    const float *schedule, int L, const uint32_t *state, uint32_t steps_per_level,
+                                    uint64_t seed) {
+    int level = chain_level("langevin_step_chain", state, steps_per_level, L);
+    const float a = schedule[2 * level], noise_scale = schedule[2 * level + 1];
+    const uint32_t step = state[NCSN_CHAIN_STEP], first = state[NCSN_CHAIN_FIRST_INDEX];
+#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN_RNG)
+    for (int n = 0; n < N; n++)
+        for (size_t i = 0; i < per_example; i++) {
+            size_t j = (size_t)n * per_example + i;
+            float z = ncsn_rng_normal(seed, NCSN_RNG_LANGEVIN, first + (uint32_t)n, step, i);
+            x[j] = ncsn_langevin_element(x[j], score[j], z, a, noise_scale);
+        }
+}
+
+static void cpu_chain_labels(ncsn_backend *be, int32_t *labels, int N, const int32_t *level_labels, int L,
+                             const uint32_t *state, uint32_t steps_per_level) {
+    int32_t label = level_labels[chain_level("chain_labels", state, steps_per_level, L)];
+    for (int n = 0; n < N; n++) labels[n] = label;
+}
+
+static void cpu_chain_advance(ncsn_backend *be, uint32_t *state) { state[NCSN_CHAIN_STEP]++; }
+
 static void cpu_denoise_step(ncsn_backend *be, float *x, const float *score, size_t n, float sigma_last_sq) {
 #pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) x[i] = ncsn_denoise_element(x[i], score[i], sigma_last_sq);
@@ -979,6 +1048,15 @@ static void cpu_sum_squares(ncsn_backend *be, float *out, const float *x, size_t
     *out = (float)total;
 }
 
+static void cpu_clip_by_norm(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm) {
+    NCSN_CHECKF(norm2 && max_norm > 0.0f, "clip_by_norm: norm2 %p, max_norm %g", (const void *)norm2,
+                (double)max_norm);
+    const float coef = ncsn_clip_coef(*norm2, max_norm);
+    if (coef == 1.0f) return; /* multiplying by 1 changes nothing */
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) g[i] *= coef;
+}
+
 /* ---- the table and lifetime ---------------------------------------------------------- */
 
 static const ncsn_backend_ops cpu_ops = {
@@ -990,6 +1068,16 @@ static const ncsn_backend_ops cpu_ops = {
     .copy_to_host = cpu_copy_to_host,
     .copy = cpu_copy,
     .synchronize = cpu_synchronize,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .fence_create = cpu_fence_create,
+    .fence_record = cpu_fence_record,
+    .fence_wait = cpu_fence_wait,
+    .fence_destroy = cpu_fence_destroy,
+    .graph_begin = cpu_graph_begin,
+    .graph_end = cpu_graph_end,
+    .graph_launch = cpu_graph_launch,
+    .graph_destroy = cpu_graph_destroy,
     .conv2d_forward = cpu_conv2d_forward,
     .conv2d_backward_data = cpu_conv2d_backward_data,
     .conv2d_backward_weights_accumulate = cpu_conv2d_backward_weights_accumulate,
@@ -1010,6 +1098,7 @@ static const ncsn_backend_ops cpu_ops = {
     .scale_shift = cpu_scale_shift,
     .divide_by_sigma = cpu_divide_by_sigma,
     .clamp01 = cpu_clamp01,
+    .logit = cpu_logit,
     .label_bias_forward = cpu_label_bias_forward,
     .label_bias_backward_accumulate = cpu_label_bias_backward_accumulate,
     .fill_normal = cpu_fill_normal,
@@ -1019,9 +1108,13 @@ static const ncsn_backend_ops cpu_ops = {
     .adam_step = cpu_adam_step,
     .ema_update = cpu_ema_update,
     .langevin_step = cpu_langevin_step,
+    .langevin_step_chain = cpu_langevin_step_chain,
+    .chain_labels = cpu_chain_labels,
+    .chain_advance = cpu_chain_advance,
     .denoise_step = cpu_denoise_step,
     .gemm_nt = cpu_gemm_nt,
     .sum_squares = cpu_sum_squares,
+    .clip_by_norm = cpu_clip_by_norm,
 };
 
 ncsn_backend *ncsn_cpu_backend_create(char *err, size_t errlen) {

@@ -88,6 +88,91 @@ static void cuda_copy(ncsn_backend *be, void *dst, const void *src, size_t bytes
 
 static void cuda_synchronize(ncsn_backend *be) { CUDA_CHECK(cudaStreamSynchronize(cuda_impl(be)->stream)); }
 
+/* Page-locked: the DMA engine reads it directly, so cudaMemcpyAsync from it returns at
+ * once and overlaps with the host (the caller then owns the ordering: fence_*). */
+static void *cuda_host_alloc(ncsn_backend *be, size_t bytes) {
+    void *p = NULL;
+    CUDA_CHECK(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault));
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cuda_host_free(ncsn_backend *be, void *p) {
+    if (!p) return;
+    /* A copy from p may still be queued. */
+    CUDA_CHECK(cudaStreamSynchronize(cuda_impl(be)->stream));
+    CUDA_CHECK(cudaFreeHost(p));
+}
+
+/* ---- fences: CUDA events without timing (the cheapest kind) ---- */
+
+struct ncsn_fence {
+    cudaEvent_t event;
+};
+
+static ncsn_fence *cuda_fence_create(ncsn_backend *be) {
+    ncsn_fence *f = ncsn_xcalloc(1, sizeof *f);
+    CUDA_CHECK(cudaEventCreateWithFlags(&f->event, cudaEventDisableTiming));
+    return f;
+}
+
+static void cuda_fence_record(ncsn_backend *be, ncsn_fence *f) {
+    NCSN_CHECKF(f, "fence_record: NULL fence");
+    CUDA_CHECK(cudaEventRecord(f->event, cuda_impl(be)->stream));
+}
+
+static void cuda_fence_wait(ncsn_backend *be, ncsn_fence *f) {
+    NCSN_CHECKF(f, "fence_wait: NULL fence");
+    CUDA_CHECK(cudaEventSynchronize(f->event));
+}
+
+static void cuda_fence_destroy(ncsn_backend *be, ncsn_fence *f) {
+    if (!f) return;
+    CUDA_CHECK(cudaEventDestroy(f->event));
+    free(f);
+}
+
+/* ---- graphs: stream capture of the backend's one stream ----
+ * Thread-local capture mode: this thread may not call unsafe APIs (cudaMalloc, a
+ * synchronisation) while capturing, which is exactly the graph_begin contract, and the
+ * data loader's thread stays free to do what it likes. cuDNN executions and our kernels
+ * are captured like any stream work; plans and the workspace must already exist (one
+ * eager warm-up step before capture; cuda_workspace_reserve fails loudly otherwise). */
+struct ncsn_graph {
+    cudaGraphExec_t exec;
+    size_t nodes;
+};
+
+static int cuda_graph_begin(ncsn_backend *be) {
+    CUDA_CHECK(cudaStreamBeginCapture(cuda_impl(be)->stream, cudaStreamCaptureModeThreadLocal));
+    return 1;
+}
+
+static ncsn_graph *cuda_graph_end(ncsn_backend *be) {
+    cudaGraph_t graph = NULL;
+    CUDA_CHECK(cudaStreamEndCapture(cuda_impl(be)->stream, &graph));
+    NCSN_CHECKF(graph != NULL, "graph_end: the capture produced no graph");
+    ncsn_graph *g = ncsn_xcalloc(1, sizeof *g);
+    CUDA_CHECK(cudaGraphGetNodes(graph, NULL, &g->nodes));
+    CUDA_CHECK(cudaGraphInstantiate(&g->exec, graph, 0));
+    CUDA_CHECK(cudaGraphDestroy(graph)); /* the executable graph is independent of it */
+    /* Upload now, so the first replay does not pay for it inside a timed loop. */
+    CUDA_CHECK(cudaGraphUpload(g->exec, cuda_impl(be)->stream));
+    return g;
+}
+
+static void cuda_graph_launch(ncsn_backend *be, ncsn_graph *g) {
+    NCSN_CHECKF(g, "graph_launch: NULL graph");
+    CUDA_CHECK(cudaGraphLaunch(g->exec, cuda_impl(be)->stream));
+}
+
+static void cuda_graph_destroy(ncsn_backend *be, ncsn_graph *g) {
+    if (!g) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_impl(be)->stream)); /* a replay may be in flight */
+    CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+    free(g);
+}
+
 /* ---- shape checks shared by the ops ---- */
 
 static void check_nchw(const char *op, int N, int C, int H, int W) {
@@ -240,6 +325,11 @@ static void cuda_clamp01(ncsn_backend *be, float *x, size_t n) {
     ncsn_cuda_clamp01(stream_of(be), x, n);
 }
 
+static void cuda_logit(ncsn_backend *be, float *x, size_t n) {
+    NCSN_CHECKF(n == 0 || x, "logit: NULL tensor pointer");
+    ncsn_cuda_logit(stream_of(be), x, n);
+}
+
 static void cuda_label_bias_forward(ncsn_backend *be, float *out, const float *table, const int32_t *labels, int N,
                                     int C, size_t spatial) {
     NCSN_CHECKF(N > 0 && C > 0, "label_bias_forward: N=%d C=%d", N, C);
@@ -317,6 +407,32 @@ static void cuda_langevin_step(ncsn_backend *be, float *x, const float *score, i
     ncsn_cuda_langevin_step(stream_of(be), x, score, N, per_example, a, seed, example_offset, step);
 }
 
+static void check_chain(const char *op, int N, int L, const uint32_t *state, uint32_t steps_per_level) {
+    NCSN_CHECKF(N >= 0 && L > 0 && steps_per_level > 0, "%s: N=%d L=%d steps_per_level=%u", op, N, L,
+                steps_per_level);
+    NCSN_CHECKF(state != NULL, "%s: NULL chain state", op);
+}
+
+static void cuda_langevin_step_chain(ncsn_backend *be, float *x, const float *score, int N, size_t per_example,
+                                     const float *schedule, int L, const uint32_t *state, uint32_t steps_per_level,
+                                     uint64_t seed) {
+    check_chain("langevin_step_chain", N, L, state, steps_per_level);
+    if (N && per_example) check_pointers3("langevin_step_chain", x, score, schedule);
+    ncsn_cuda_langevin_step_chain(stream_of(be), x, score, N, per_example, schedule, L, state, steps_per_level, seed);
+}
+
+static void cuda_chain_labels(ncsn_backend *be, int32_t *labels, int N, const int32_t *level_labels, int L,
+                              const uint32_t *state, uint32_t steps_per_level) {
+    check_chain("chain_labels", N, L, state, steps_per_level);
+    if (N) check_pointers2("chain_labels", labels, level_labels);
+    ncsn_cuda_chain_labels(stream_of(be), labels, N, level_labels, L, state, steps_per_level);
+}
+
+static void cuda_chain_advance(ncsn_backend *be, uint32_t *state) {
+    NCSN_CHECKF(state != NULL, "chain_advance: NULL chain state");
+    ncsn_cuda_chain_advance(stream_of(be), state);
+}
+
 static void cuda_denoise_step(ncsn_backend *be, float *x, const float *score, size_t n, float sigma_last_sq) {
     if (n) check_pointers2("denoise_step", x, score);
     ncsn_cuda_denoise_step(stream_of(be), x, score, n, sigma_last_sq);
@@ -343,6 +459,12 @@ static void cuda_sum_squares(ncsn_backend *be, float *out, const float *x, size_
     ncsn_cuda_sum_squares(stream_of(be), out, x, n, scratch);
 }
 
+static void cuda_clip_by_norm(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm) {
+    NCSN_CHECKF(norm2 && (n == 0 || g) && max_norm > 0.0f, "clip_by_norm: g %p, norm2 %p, max_norm %g", (void *)g,
+                (const void *)norm2, (double)max_norm);
+    ncsn_cuda_clip_by_norm(stream_of(be), g, n, norm2, max_norm);
+}
+
 /* ---- the table and lifetime ---- */
 
 static const ncsn_backend_ops cuda_ops = {
@@ -354,6 +476,16 @@ static const ncsn_backend_ops cuda_ops = {
     .copy_to_host = cuda_copy_to_host,
     .copy = cuda_copy,
     .synchronize = cuda_synchronize,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .fence_create = cuda_fence_create,
+    .fence_record = cuda_fence_record,
+    .fence_wait = cuda_fence_wait,
+    .fence_destroy = cuda_fence_destroy,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_destroy = cuda_graph_destroy,
     .conv2d_forward = cuda_conv2d_forward,
     .conv2d_backward_data = cuda_conv2d_backward_data,
     .conv2d_backward_weights_accumulate = cuda_conv2d_backward_weights_accumulate,
@@ -374,6 +506,7 @@ static const ncsn_backend_ops cuda_ops = {
     .scale_shift = cuda_scale_shift,
     .divide_by_sigma = cuda_divide_by_sigma,
     .clamp01 = cuda_clamp01,
+    .logit = cuda_logit,
     .label_bias_forward = cuda_label_bias_forward,
     .label_bias_backward_accumulate = cuda_label_bias_backward_accumulate,
     .fill_normal = cuda_fill_normal,
@@ -383,9 +516,13 @@ static const ncsn_backend_ops cuda_ops = {
     .adam_step = cuda_adam_step,
     .ema_update = cuda_ema_update,
     .langevin_step = cuda_langevin_step,
+    .langevin_step_chain = cuda_langevin_step_chain,
+    .chain_labels = cuda_chain_labels,
+    .chain_advance = cuda_chain_advance,
     .denoise_step = cuda_denoise_step,
     .gemm_nt = cuda_gemm_nt,
     .sum_squares = cuda_sum_squares,
+    .clip_by_norm = cuda_clip_by_norm,
 };
 
 /* The cuDNN graph API features used here (device-properties descriptors) need 9.8. */

@@ -46,6 +46,7 @@ void ncsn_cuda_scale_shift(cudaStream_t stream, float *out, const float *x, floa
 void ncsn_cuda_divide_by_sigma(cudaStream_t stream, float *out, const float *x, const float *sigmas,
                                const int32_t *labels, int N, size_t per_example);
 void ncsn_cuda_clamp01(cudaStream_t stream, float *x, size_t n);
+void ncsn_cuda_logit(cudaStream_t stream, float *x, size_t n);
 void ncsn_cuda_label_bias_forward(cudaStream_t stream, float *out, const float *table, const int32_t *labels, int N,
                                   int C, size_t spatial);
 size_t ncsn_cuda_label_bias_backward_scratch_bytes(int N, int C);
@@ -94,6 +95,7 @@ void ncsn_cuda_adam_step(cudaStream_t stream, float *params, const float *grads,
 void ncsn_cuda_ema_update(cudaStream_t stream, float *shadow, const float *params, size_t n, float mu);
 size_t ncsn_cuda_sum_squares_scratch_bytes(void);
 void ncsn_cuda_sum_squares(cudaStream_t stream, float *out, const float *x, size_t n, void *scratch);
+void ncsn_cuda_clip_by_norm(cudaStream_t stream, float *g, size_t n, const float *norm2, float max_norm);
 
 /* ---- sampler.cu (and the counter-based RNG fills) ---- */
 void ncsn_cuda_fill_normal(cudaStream_t stream, float *out, int N, size_t per_example, uint64_t seed, uint32_t purpose,
@@ -103,6 +105,13 @@ void ncsn_cuda_fill_uniform(cudaStream_t stream, float *out, int N, size_t per_e
 void ncsn_cuda_langevin_step(cudaStream_t stream, float *x, const float *score, int N, size_t per_example, float a,
                              uint64_t seed, uint32_t example_offset, uint32_t step);
 void ncsn_cuda_denoise_step(cudaStream_t stream, float *x, const float *score, size_t n, float sigma_last_sq);
+/* The chain ops (backend.h): scalars read from device memory, for replayed graphs. */
+void ncsn_cuda_langevin_step_chain(cudaStream_t stream, float *x, const float *score, int N, size_t per_example,
+                                   const float *schedule, int L, const uint32_t *state, uint32_t steps_per_level,
+                                   uint64_t seed);
+void ncsn_cuda_chain_labels(cudaStream_t stream, int32_t *labels, int N, const int32_t *level_labels, int L,
+                            const uint32_t *state, uint32_t steps_per_level);
+void ncsn_cuda_chain_advance(cudaStream_t stream, uint32_t *state);
 
 /* ---- convert.cu: BF16 convolution staging (host/cuda_conv.c). A tensor is viewed as
  *      [B][C][S] channels-first (NCHW: B = N, S = H*W; KCRS filters: B = K, S = kh*kw) or

@@ -92,6 +92,14 @@ static inline NCSN_HD float ncsn_langevin_element(float x, float s, float z, flo
     return x + a * s + noise_scale * z;
 }
 
+/* torch.nn.utils.clip_grad_norm_(max_norm, norm_type=2) as one factor from the squared
+ * norm: every gradient is multiplied by min(1, max_norm / (norm + 1e-6)). Computed where
+ * the norm lives (backend memory), so clipping needs no host round trip. */
+static inline NCSN_HD float ncsn_clip_coef(float norm2, float max_norm) {
+    float coef = max_norm / (sqrtf(norm2) + 1e-6f);
+    return coef < 1.0f ? coef : 1.0f;
+}
+
 /* Final (Tweedie) denoising: x <- x + sigma_L^2 * s(x, L-1). */
 static inline NCSN_HD float ncsn_denoise_element(float x, float s, float sigma_last_sq) {
     return x + sigma_last_sq * s;

@@ -98,6 +98,16 @@ extern "C" void ncsn_cuda_clamp01(cudaStream_t stream, float *x, size_t n) {
     CUDA_CHECK_LAUNCH(stream);
 }
 
+static __global__ void logit_kernel(float *x, size_t n) {
+    NCSN_CUDA_GRID_STRIDE_LOOP(i, n) x[i] = ncsn_logit_element(x[i]);
+}
+
+extern "C" void ncsn_cuda_logit(cudaStream_t stream, float *x, size_t n) {
+    if (n == 0) return;
+    logit_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(x, n);
+    CUDA_CHECK_LAUNCH(stream);
+}
+
 /* ---- per-level bias (toy conditional MLP) ---- */
 
 static __global__ void label_bias_forward_kernel(float *out, const float *table, const int32_t *labels, int C,

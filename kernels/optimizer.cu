@@ -67,3 +67,17 @@ extern "C" void ncsn_cuda_sum_squares(cudaStream_t stream, float *out, const flo
     sum_partials_kernel<<<1, NCSN_CUDA_REDUCE_THREADS, 0, stream>>>(out, partials, SUM_SQUARES_BLOCKS);
     CUDA_CHECK_LAUNCH(stream);
 }
+
+/* Gradient clipping with the norm in device memory: every thread derives the same factor
+ * from *norm2 (one cached load), so the host never reads the norm inside a step. */
+static __global__ void clip_by_norm_kernel(float *g, size_t n, const float *norm2, float max_norm) {
+    const float coef = ncsn_clip_coef(*norm2, max_norm);
+    if (coef == 1.0f) return; /* multiplying by 1 changes nothing */
+    NCSN_CUDA_GRID_STRIDE_LOOP(i, n) g[i] *= coef;
+}
+
+extern "C" void ncsn_cuda_clip_by_norm(cudaStream_t stream, float *g, size_t n, const float *norm2, float max_norm) {
+    if (n == 0) return;
+    clip_by_norm_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(g, n, norm2, max_norm);
+    CUDA_CHECK_LAUNCH(stream);
+}

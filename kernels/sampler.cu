@@ -72,3 +72,60 @@ extern "C" void ncsn_cuda_denoise_step(cudaStream_t stream, float *x, const floa
     denoise_step_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(x, score, n, sigma_last_sq);
     CUDA_CHECK_LAUNCH(stream);
 }
+
+/* ---- the chain ops: the per-step scalars come from device memory ----
+ * A CUDA graph freezes by-value kernel arguments, so a step captured once and replayed
+ * reads what changes from step to step (the step counter, hence the level, a_i and the
+ * noise key) from the chain state and the schedule table. The level is checked on the
+ * device: a level past the table is a sampler bug, and __trap() turns it into a launch
+ * failure at the next synchronising call instead of a read past the table. */
+static __device__ __forceinline__ int chain_level(const uint32_t *state, uint32_t steps_per_level, int L) {
+    uint32_t level = state[NCSN_CHAIN_STEP] / steps_per_level;
+    if (level >= (uint32_t)L) __trap();
+    return (int)level;
+}
+
+static __global__ void langevin_step_chain_kernel(float *x, const float *score, size_t per_example,
+                                                  const float *schedule, int L, const uint32_t *state,
+                                                  uint32_t steps_per_level, uint64_t seed, size_t n) {
+    const int level = chain_level(state, steps_per_level, L);
+    const float a = schedule[2 * level], noise_scale = schedule[2 * level + 1];
+    const uint32_t step = state[NCSN_CHAIN_STEP], first = state[NCSN_CHAIN_FIRST_INDEX];
+    NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
+        uint32_t example = first + (uint32_t)(i / per_example);
+        float z = ncsn_rng_normal(seed, NCSN_RNG_LANGEVIN, example, step, i % per_example);
+        x[i] = ncsn_langevin_element(x[i], score[i], z, a, noise_scale);
+    }
+}
+
+extern "C" void ncsn_cuda_langevin_step_chain(cudaStream_t stream, float *x, const float *score, int N,
+                                              size_t per_example, const float *schedule, int L, const uint32_t *state,
+                                              uint32_t steps_per_level, uint64_t seed) {
+    size_t n = (size_t)N * per_example;
+    if (n == 0) return;
+    langevin_step_chain_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(
+        x, score, per_example, schedule, L, state, steps_per_level, seed, n);
+    CUDA_CHECK_LAUNCH(stream);
+}
+
+static __global__ void chain_labels_kernel(int32_t *labels, int N, const int32_t *level_labels, int L,
+                                           const uint32_t *state, uint32_t steps_per_level) {
+    const int32_t label = level_labels[chain_level(state, steps_per_level, L)];
+    NCSN_CUDA_GRID_STRIDE_LOOP(i, (size_t)N) labels[i] = label;
+}
+
+extern "C" void ncsn_cuda_chain_labels(cudaStream_t stream, int32_t *labels, int N, const int32_t *level_labels,
+                                       int L, const uint32_t *state, uint32_t steps_per_level) {
+    if (N == 0) return;
+    chain_labels_kernel<<<ncsn_cuda_grid((size_t)N), NCSN_CUDA_THREADS, 0, stream>>>(labels, N, level_labels, L,
+                                                                                      state, steps_per_level);
+    CUDA_CHECK_LAUNCH(stream);
+}
+
+/* One thread: the last node of a replayed step, after every kernel that read the state. */
+static __global__ void chain_advance_kernel(uint32_t *state) { state[NCSN_CHAIN_STEP] += 1u; }
+
+extern "C" void ncsn_cuda_chain_advance(cudaStream_t stream, uint32_t *state) {
+    chain_advance_kernel<<<1, 1, 0, stream>>>(state);
+    CUDA_CHECK_LAUNCH(stream);
+}

@@ -681,6 +681,94 @@ static void test_elementwise(void) {
     ncsn_free(be, A); ncsn_free(be, B); ncsn_free(be, Cm); ncsn_free(be, v); ncsn_free(be, ss);
 }
 
+/* The ops behind the replayable ALD step (sample.c chain_step) must be the by-value ops
+ * they replace, bit for bit, since sample k must not depend on whether a graph ran it. */
+static void test_chain_ops(void) {
+    printf("chain ops (the replayable Langevin step), clipping, logit, staging\n");
+    enum { N = 3, L = 4 };
+    const uint32_t T = 5;
+    const size_t per = 37, n = (size_t)N * per;
+    const uint64_t seed = 99;
+    const float a_host[L] = {3e-3f, 1e-4f, 2.5e-6f, 8e-7f};
+    const int32_t labels_of_level[L] = {0, 1, 2, 3};
+    float sched_host[2 * L];
+    for (int l = 0; l < L; l++) {
+        sched_host[2 * l] = a_host[l];
+        sched_host[2 * l + 1] = sqrtf(2.0f * a_host[l]);
+    }
+    float *sched = buf_copy(sched_host, 2 * L);
+    int32_t *level_labels = ncsn_alloc(be, sizeof labels_of_level), *labels = ncsn_alloc(be, N * sizeof(int32_t));
+    memcpy(level_labels, labels_of_level, sizeof labels_of_level);
+    uint32_t *state = ncsn_alloc(be, NCSN_CHAIN_STATE_COUNT * sizeof(uint32_t));
+    const uint32_t steps[] = {0, 4, 5, 13, 19}, firsts[] = {0, 1000};
+    int same = 1, labels_ok = 1;
+    for (size_t si = 0; si < sizeof steps / sizeof steps[0]; si++)
+        for (size_t fi = 0; fi < 2; fi++) {
+            float *x1 = buf_random(n), *x2 = buf_copy(x1, n), *score = buf_random(n);
+            state[NCSN_CHAIN_STEP] = steps[si];
+            state[NCSN_CHAIN_FIRST_INDEX] = firsts[fi];
+            uint32_t level = steps[si] / T;
+            ncsn_langevin_step_chain(be, x1, score, N, per, sched, L, state, T, seed);
+            ncsn_langevin_step(be, x2, score, N, per, a_host[level], seed, firsts[fi], steps[si]);
+            if (memcmp(x1, x2, n * sizeof(float)) != 0) {
+                printf("    step %u first %u: chain update differs from langevin_step\n", steps[si], firsts[fi]);
+                same = 0;
+            }
+            ncsn_chain_labels(be, labels, N, level_labels, L, state, T);
+            for (int k = 0; k < N; k++)
+                if (labels[k] != labels_of_level[level]) labels_ok = 0;
+            ncsn_free(be, x1); ncsn_free(be, x2); ncsn_free(be, score);
+        }
+    EXPECT(same, "langevin_step_chain is not bit-identical to langevin_step");
+    EXPECT(labels_ok, "chain_labels did not write the level's label");
+    state[NCSN_CHAIN_STEP] = 7;
+    state[NCSN_CHAIN_FIRST_INDEX] = 1000;
+    ncsn_chain_advance(be, state);
+    EXPECT(state[NCSN_CHAIN_STEP] == 8 && state[NCSN_CHAIN_FIRST_INDEX] == 1000,
+           "chain_advance: state (%u, %u), want (8, 1000)", state[NCSN_CHAIN_STEP], state[NCSN_CHAIN_FIRST_INDEX]);
+
+    /* clip_by_norm: scaled by max_norm / (norm + 1e-6) when that is below 1, else untouched. */
+    size_t gn = 1000;
+    float *g = buf_random(gn), *g0 = buf_copy(g, gn), *norm2 = buf_zero(1);
+    ncsn_sum_squares(be, norm2, g, gn);
+    double norm = sqrt((double)*norm2), max_norm = 0.25 * norm;
+    double *rg = malloc(gn * sizeof(double));
+    for (size_t i = 0; i < gn; i++) rg[i] = (double)g0[i] * (max_norm / (norm + 1e-6));
+    ncsn_clip_by_norm(be, g, gn, norm2, (float)max_norm);
+    expect_close("  clip_by_norm (norm 4x max_norm)", g, rg, gn, TOL_ELEM);
+    memcpy(g, g0, gn * sizeof(float));
+    ncsn_clip_by_norm(be, g, gn, norm2, (float)(2.0 * norm));
+    EXPECT(memcmp(g, g0, gn * sizeof(float)) == 0, "clip_by_norm changed gradients whose norm is below max_norm");
+
+    /* logit on (0.01, 0.99): atol 2e-6 = two float32 logs of magnitude <= 4.6, each within
+     * about 1 ulp (4.8e-7), subtracted. */
+    float *lx = buf_random(n);
+    double *rl = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        lx[i] = 0.5f + 0.49f * lx[i];
+        double y = 1e-6 + (1.0 - 2e-6) * (double)lx[i];
+        rl[i] = log(y / (1.0 - y));
+    }
+    ncsn_logit(be, lx, n);
+    harness_expect_close("  logit", lx, rl, n, 2e-6, 1e-6);
+
+    /* Staging memory and fences: zeroed memory; fences and graph_begin are no-ops here. */
+    unsigned char *h = ncsn_host_alloc(be, 4096);
+    int zero = 1;
+    for (int i = 0; i < 4096; i++) zero &= h[i] == 0;
+    EXPECT(zero, "host_alloc memory is not zero-filled");
+    ncsn_fence *f = ncsn_fence_create(be);
+    ncsn_fence_record(be, f);
+    ncsn_fence_wait(be, f);
+    ncsn_fence_destroy(be, f);
+    ncsn_host_free(be, h);
+    EXPECT(ncsn_graph_begin(be) == 0, "the cpu backend claims to capture graphs");
+
+    free(rg); free(rl);
+    ncsn_free(be, sched); ncsn_free(be, level_labels); ncsn_free(be, labels); ncsn_free(be, state);
+    ncsn_free(be, g); ncsn_free(be, g0); ncsn_free(be, norm2); ncsn_free(be, lx);
+}
+
 int main(void) {
     be = harness_cpu_backend();
     test_memory();
@@ -689,6 +777,7 @@ int main(void) {
     test_elu();
     test_pool();
     test_elementwise();
+    test_chain_ops();
     ncsn_cpu_backend_destroy(be);
     return harness_finish("test_ops");
 }

@@ -58,6 +58,14 @@ typedef struct {
 #define NCSN_NORM_STATS_COUNT(N, C) ((size_t)3 * (size_t)(N) * (size_t)(C) + (size_t)(N))
 
 typedef struct ncsn_backend ncsn_backend;
+typedef struct ncsn_fence ncsn_fence; /* a point in a backend's op stream (fence_*) */
+typedef struct ncsn_graph ncsn_graph; /* a captured, replayable op sequence (graph_*) */
+
+/* A Langevin chain's per-step state in backend memory, uint32_t[NCSN_CHAIN_STATE_COUNT]:
+ * the global step t (the Philox step of the noise; level = t / steps_per_level) and the
+ * global index of the batch's first sample (the Philox example offset). Ops that read it
+ * instead of taking by-value scalars can be captured once and replayed (graph_*). */
+enum { NCSN_CHAIN_STEP = 0, NCSN_CHAIN_FIRST_INDEX = 1, NCSN_CHAIN_STATE_COUNT = 2 };
 
 typedef struct ncsn_backend_ops {
     const char *name;
@@ -70,6 +78,29 @@ typedef struct ncsn_backend_ops {
     void (*copy_to_host)(ncsn_backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(ncsn_backend *be, void *dst, const void *src, size_t bytes);
     void (*synchronize)(ncsn_backend *be);
+    /* Host staging memory the backend copies from without an intermediate copy: page-
+     * locked (cudaHostAlloc) on CUDA, plain aligned memory on the CPU. copy_to_device from
+     * it is truly asynchronous on CUDA: the buffer must not be rewritten until a fence
+     * recorded after the copy has been waited for. */
+    void *(*host_alloc)(ncsn_backend *be, size_t bytes);
+    void (*host_free)(ncsn_backend *be, void *p);
+    /* fence_record marks everything enqueued so far; fence_wait blocks the host until that
+     * work has finished (CUDA events; no-ops on the CPU, whose ops finish before returning). */
+    ncsn_fence *(*fence_create)(ncsn_backend *be);
+    void (*fence_record)(ncsn_backend *be, ncsn_fence *f);
+    void (*fence_wait)(ncsn_backend *be, ncsn_fence *f);
+    void (*fence_destroy)(ncsn_backend *be, ncsn_fence *f);
+
+    /* ---- graphs: capture an op sequence once, replay it (CUDA graphs) ----
+     * graph_begin returns 1 when the backend starts capturing (ops enqueued until graph_end
+     * are recorded, not run) and 0 when it has no graphs (CPU): the caller then runs its ops
+     * directly. A captured sequence must not allocate, synchronise or copy to the host, and
+     * every pointer and by-value argument in it is frozen: what varies between replays must
+     * be read from backend memory (the chain ops below). */
+    int (*graph_begin)(ncsn_backend *be);
+    ncsn_graph *(*graph_end)(ncsn_backend *be);
+    void (*graph_launch)(ncsn_backend *be, ncsn_graph *g);
+    void (*graph_destroy)(ncsn_backend *be, ncsn_graph *g);
 
     /* ---- convolution ---- */
     void (*conv2d_forward)(ncsn_backend *be, float *out, const float *in, const float *w, const float *b,
@@ -126,6 +157,8 @@ typedef struct ncsn_backend_ops {
     void (*divide_by_sigma)(ncsn_backend *be, float *out, const float *x, const float *sigmas,
                             const int32_t *labels, int N, size_t per_example);
     void (*clamp01)(ncsn_backend *be, float *x, size_t n);
+    /* data.logit_transform, in place: x <- logit(1e-6 + (1 - 2e-6) x) (ncsn_logit_element). */
+    void (*logit)(ncsn_backend *be, float *x, size_t n);
     /* out[n, c, :] += table[labels[n] * C + c]: a per-level bias (toy conditional MLP), and
      * its backward dtable[labels[n] * C + c] += sum over the spatial dims of dout[n, c, :]. */
     void (*label_bias_forward)(ncsn_backend *be, float *out, const float *table, const int32_t *labels, int N,
@@ -158,6 +191,20 @@ typedef struct ncsn_backend_ops {
      * example_offset + n, step, i): noise is keyed by the sample's global index. */
     void (*langevin_step)(ncsn_backend *be, float *x, const float *score, int N, size_t per_example, float a,
                           uint64_t seed, uint32_t example_offset, uint32_t step);
+    /* The same update with its scalars read from backend memory, for replayed graphs:
+     * t = state[NCSN_CHAIN_STEP], level l = t / steps_per_level (< L, checked),
+     * a = schedule[2l], sqrt(2a) = schedule[2l + 1] (both precomputed in float32 on the host
+     * as langevin_step computes them), step t, example offset state[NCSN_CHAIN_FIRST_INDEX].
+     * Bit-identical to langevin_step with those scalars. */
+    void (*langevin_step_chain)(ncsn_backend *be, float *x, const float *score, int N, size_t per_example,
+                                const float *schedule, int L, const uint32_t *state, uint32_t steps_per_level,
+                                uint64_t seed);
+    /* labels[n] = level_labels[state[NCSN_CHAIN_STEP] / steps_per_level] for n < N (the
+     * network label of the chain's current level; level < L, checked). */
+    void (*chain_labels)(ncsn_backend *be, int32_t *labels, int N, const int32_t *level_labels, int L,
+                         const uint32_t *state, uint32_t steps_per_level);
+    /* state[NCSN_CHAIN_STEP] += 1: the last op of a replayed step. */
+    void (*chain_advance)(ncsn_backend *be, uint32_t *state);
     /* x <- x + sigma_last^2 * score */
     void (*denoise_step)(ncsn_backend *be, float *x, const float *score, size_t n, float sigma_last_sq);
     /* C[M, Nc] = A[M, K] * B[Nc, K]^T, row-major (oneDNN sgemm / cuBLAS): the blocked
@@ -165,6 +212,9 @@ typedef struct ncsn_backend_ops {
     void (*gemm_nt)(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K);
     /* out = sum of squares of x, written to one float in backend memory (grad-norm). */
     void (*sum_squares)(ncsn_backend *be, float *out, const float *x, size_t n);
+    /* g <- g * ncsn_clip_coef(*norm2, max_norm) with norm2 in backend memory (the
+     * sum_squares output): gradient-norm clipping without reading the norm back. */
+    void (*clip_by_norm)(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm);
 } ncsn_backend_ops;
 
 struct ncsn_backend {
@@ -205,6 +255,16 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_copy_to_host(be, d, s, bytes) NCSN_OP(be, copy_to_host)(be, d, s, bytes)
 #define ncsn_copy(be, d, s, bytes) NCSN_OP(be, copy)(be, d, s, bytes)
 #define ncsn_synchronize(be) NCSN_OP(be, synchronize)(be)
+#define ncsn_host_alloc(be, bytes) NCSN_OP(be, host_alloc)(be, bytes)
+#define ncsn_host_free(be, p) NCSN_OP(be, host_free)(be, p)
+#define ncsn_fence_create(be) NCSN_OP(be, fence_create)(be)
+#define ncsn_fence_record(be, f) NCSN_OP(be, fence_record)(be, f)
+#define ncsn_fence_wait(be, f) NCSN_OP(be, fence_wait)(be, f)
+#define ncsn_fence_destroy(be, f) NCSN_OP(be, fence_destroy)(be, f)
+#define ncsn_graph_begin(be) NCSN_OP(be, graph_begin)(be)
+#define ncsn_graph_end(be) NCSN_OP(be, graph_end)(be)
+#define ncsn_graph_launch(be, g) NCSN_OP(be, graph_launch)(be, g)
+#define ncsn_graph_destroy(be, g) NCSN_OP(be, graph_destroy)(be, g)
 #define ncsn_conv2d_forward(be, ...) NCSN_OP(be, conv2d_forward)(be, __VA_ARGS__)
 #define ncsn_conv2d_backward_data(be, ...) NCSN_OP(be, conv2d_backward_data)(be, __VA_ARGS__)
 #define ncsn_conv2d_backward_weights_accumulate(be, ...) \
@@ -226,6 +286,7 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_scale_shift(be, ...) NCSN_OP(be, scale_shift)(be, __VA_ARGS__)
 #define ncsn_divide_by_sigma(be, ...) NCSN_OP(be, divide_by_sigma)(be, __VA_ARGS__)
 #define ncsn_clamp01(be, ...) NCSN_OP(be, clamp01)(be, __VA_ARGS__)
+#define ncsn_logit(be, ...) NCSN_OP(be, logit)(be, __VA_ARGS__)
 #define ncsn_label_bias_forward(be, ...) NCSN_OP(be, label_bias_forward)(be, __VA_ARGS__)
 #define ncsn_label_bias_backward_accumulate(be, ...) NCSN_OP(be, label_bias_backward_accumulate)(be, __VA_ARGS__)
 #define ncsn_fill_normal(be, ...) NCSN_OP(be, fill_normal)(be, __VA_ARGS__)
@@ -235,9 +296,13 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_adam_step(be, ...) NCSN_OP(be, adam_step)(be, __VA_ARGS__)
 #define ncsn_ema_update(be, ...) NCSN_OP(be, ema_update)(be, __VA_ARGS__)
 #define ncsn_langevin_step(be, ...) NCSN_OP(be, langevin_step)(be, __VA_ARGS__)
+#define ncsn_langevin_step_chain(be, ...) NCSN_OP(be, langevin_step_chain)(be, __VA_ARGS__)
+#define ncsn_chain_labels(be, ...) NCSN_OP(be, chain_labels)(be, __VA_ARGS__)
+#define ncsn_chain_advance(be, state) NCSN_OP(be, chain_advance)(be, state)
 #define ncsn_denoise_step(be, ...) NCSN_OP(be, denoise_step)(be, __VA_ARGS__)
 #define ncsn_gemm_nt(be, ...) NCSN_OP(be, gemm_nt)(be, __VA_ARGS__)
 #define ncsn_sum_squares(be, ...) NCSN_OP(be, sum_squares)(be, __VA_ARGS__)
+#define ncsn_clip_by_norm(be, ...) NCSN_OP(be, clip_by_norm)(be, __VA_ARGS__)
 
 #ifdef __cplusplus
 }
