@@ -10,10 +10,12 @@
  *   backend ops. The labels of level i are row i of a table in backend memory written once;
  *   before a level starts, that row is copied (device to device, asynchronous) into ONE fixed
  *   labels buffer, so a step reads the same pointers at every level.
- * - One ALD step is `ald_step`: the network evaluation then ncsn_langevin_step, whose only
- *   per-step inputs are the scalars a_i and the global step counter (the Philox key of the
- *   noise). With fixed pointers that is exactly the unit a CUDA graph captures once and
- *   replays; what capture additionally needs from the backend is listed at ald_step.
+ * - One ALD step is `chain_step`: level labels, the network evaluation, the Langevin update,
+ *   and an increment of the step counter, all reading their per-step scalars (level, a_i,
+ *   the Philox step of the noise) from a small chain state and schedule in backend memory.
+ *   With fixed pointers and no by-value scalars, that is the unit a CUDA graph captures
+ *   once and replays for every step of every level (run_chain_steps); on the CPU the same
+ *   ops run directly.
  * - Nothing reads device memory back inside a chain except the PC corrector, whose step size
  *   is a function of two batch norms (score_sde computes it on the device too, but then
  *   passes it as a tensor; our langevin_step takes a host scalar).
@@ -74,6 +76,14 @@ struct ncsn_sampler {
     float *ref_batch;     /* backend: max_batch x per_example, each sample's reference */
     float *norms;         /* backend: 2 x max_batch (PC) */
     float *norms_host;    /* host: 2 x max_batch */
+    /* ALD and plain Langevin run as a replayable step (run_chain_steps): */
+    float *schedule;        /* backend: 2L floats, (a_l, sqrt(2 a_l)) of level l */
+    int32_t *level_labels;  /* backend: L, the network label of level l */
+    uint32_t *chain_state;  /* backend: NCSN_CHAIN_STATE_COUNT (backend.h) */
+    int use_graph;          /* the backend captures graphs and NCSN_CUDA_GRAPHS is not 0 */
+    ncsn_graph *graph;      /* one captured step, valid for (graph_x, graph_N) */
+    const float *graph_x;
+    int graph_N;
 };
 
 void ncsn_sampler_options_default(ncsn_sampler_options *o) {
@@ -195,6 +205,28 @@ ncsn_sampler *ncsn_sampler_create(ncsn_backend *be, ncsn_score_fn score, void *c
         s->norms = ncsn_alloc(be, 2 * (size_t)max_batch * sizeof(float));
         s->norms_host = ncsn_xmalloc(2 * (size_t)max_batch * sizeof(float));
     }
+    if (o->kind == NCSN_SAMPLER_ALD || o->kind == NCSN_SAMPLER_LANGEVIN) {
+        /* The schedule of the replayable step: level l runs at label l with a_l (ALD), or at
+         * label L-1 with a_{L-1} = step_lr throughout (plain Langevin); sqrt(2a) is rounded
+         * here exactly as langevin_step rounds it. */
+        float *sched = ncsn_xmalloc(2 * (size_t)L * sizeof(float));
+        int32_t *lab = ncsn_xmalloc((size_t)L * sizeof(int32_t));
+        for (int l = 0; l < L; l++) {
+            lab[l] = o->kind == NCSN_SAMPLER_LANGEVIN ? L - 1 : l;
+            float a = ncsn_langevin_step_size(o->step_lr, sigmas, L, lab[l]);
+            sched[2 * l] = a;
+            sched[2 * l + 1] = sqrtf(2.0f * a);
+        }
+        s->schedule = ncsn_alloc(be, 2 * (size_t)L * sizeof(float));
+        s->level_labels = ncsn_alloc(be, (size_t)L * sizeof(int32_t));
+        s->chain_state = ncsn_alloc(be, NCSN_CHAIN_STATE_COUNT * sizeof(uint32_t));
+        ncsn_copy_to_device(be, s->schedule, sched, 2 * (size_t)L * sizeof(float));
+        ncsn_copy_to_device(be, s->level_labels, lab, (size_t)L * sizeof(int32_t));
+        free(sched);
+        free(lab);
+        const char *env = getenv("NCSN_CUDA_GRAPHS");
+        s->use_graph = !(env && !strcmp(env, "0"));
+    }
     return s;
 }
 
@@ -210,6 +242,10 @@ void ncsn_sampler_free(ncsn_sampler *s) {
     if (s->ref_batch) ncsn_free(be, s->ref_batch);
     if (s->norms) ncsn_free(be, s->norms);
     free(s->norms_host);
+    if (s->graph) ncsn_graph_destroy(be, s->graph);
+    if (s->schedule) ncsn_free(be, s->schedule);
+    if (s->level_labels) ncsn_free(be, s->level_labels);
+    if (s->chain_state) ncsn_free(be, s->chain_state);
     free(s->sigmas);
     free(s);
 }
@@ -303,23 +339,57 @@ static void set_level_labels(ncsn_sampler *s, int label, int N) {
 }
 
 /* One step of annealed Langevin dynamics (ncsnv2 anneal_Langevin_dynamics, inner loop):
- *   grad = scorenet(x, labels); x = x + a * grad + sqrt(2a) * randn.
- * This is the unit a CUDA graph would capture: its pointers are fixed for the sampler's
- * lifetime (x, score_buf, labels, the model's arena), and it varies only in the two
- * scalars (a, step). Capturing it once for every level needs, from the backend:
- *  (1) its stream (cudaStreamBeginCapture / EndCapture / cudaGraphInstantiate /
- *      cudaGraphLaunch), today private to host/cuda_*.c;
- *  (2) a langevin_step variant that reads a and the step counter from device memory
- *      (e.g. float *a_table indexed by a device int counter that the graph's last node
- *      increments), since a captured kernel's by-value arguments are frozen;
- *  (3) model kernels free of host-side decisions at replay (workspace already grown,
- *      plans cached: true after one warm-up step, per host/cuda_internal.h).
- * The labels are already graph-safe: set_level_labels is a device-to-device copy into a
- * fixed buffer, capturable as a memcpy node keyed by the same counter, or done between
- * replays as now. */
-static void ald_step(ncsn_sampler *s, float *x, uint32_t first_index, int N, float a, uint32_t step) {
+ *   grad = scorenet(x, labels); x = x + a * grad + sqrt(2a) * randn,
+ * written so that it can be captured once and replayed: every pointer is fixed for the
+ * sampler's lifetime (x, score_buf, labels, the model's arena), and what changes from step
+ * to step (the level's label and a_i, the noise key) is read from the chain state in
+ * backend memory, which the step's last op advances. Bit-identical to the by-value
+ * ncsn_langevin_step with the same scalars (tests/test_ops.c). */
+static void chain_step(ncsn_sampler *s, float *x, int N) {
+    ncsn_backend *be = s->be;
+    const uint32_t T = (uint32_t)s->opt.n_steps_each;
+    ncsn_chain_labels(be, s->labels, N, s->level_labels, s->L, s->chain_state, T);
     evaluate_score(s, x, N);
-    ncsn_langevin_step(s->be, x, s->score_buf, N, s->per_example, a, s->opt.seed, first_index, step);
+    ncsn_langevin_step_chain(be, x, s->score_buf, N, s->per_example, s->schedule, s->L, s->chain_state, T,
+                             s->opt.seed);
+    ncsn_chain_advance(be, s->chain_state);
+}
+
+/* Steps [first_step, first_step + count) of the chain of samples first_index.. on x.
+ * On a backend with graphs (CUDA) the step is captured once per (x, N) and replayed: the
+ * host enqueues one graph launch per step instead of ~300 kernels and cuDNN executions,
+ * and the GPU runs them back to back. The first step of a new (x, N) runs eagerly, so
+ * every convolution plan exists and the workspace has its final size before capture. */
+static void run_chain_steps(ncsn_sampler *s, float *x, uint32_t first_index, int N, uint32_t first_step,
+                            uint32_t count) {
+    ncsn_backend *be = s->be;
+    uint32_t state[NCSN_CHAIN_STATE_COUNT];
+    state[NCSN_CHAIN_STEP] = first_step;
+    state[NCSN_CHAIN_FIRST_INDEX] = first_index;
+    /* Ordered after the previous replay on the backend's stream; copied from pageable
+     * memory, so the host may reuse `state` at once (backend.h). */
+    ncsn_copy_to_device(be, s->chain_state, state, sizeof state);
+    if (count == 0) return;
+    if (s->graph && (s->graph_x != x || s->graph_N != N)) {
+        ncsn_graph_destroy(be, s->graph);
+        s->graph = NULL;
+    }
+    if (s->use_graph && !s->graph) {
+        chain_step(s, x, N); /* eager warm-up */
+        if (--count == 0) return;
+        if (ncsn_graph_begin(be)) {
+            chain_step(s, x, N); /* recorded, not run */
+            s->graph = ncsn_graph_end(be);
+            s->graph_x = x;
+            s->graph_N = N;
+        } else {
+            s->use_graph = 0; /* no graphs here (CPU): run every step directly */
+        }
+    }
+    if (s->graph)
+        for (uint32_t k = 0; k < count; k++) ncsn_graph_launch(be, s->graph);
+    else
+        for (uint32_t k = 0; k < count; k++) chain_step(s, x, N);
 }
 
 /* v2 anneal_Langevin_dynamics_inpainting, one step: the known left half (columns
@@ -336,7 +406,8 @@ static void inpaint_step(ncsn_sampler *s, float *x, uint32_t first_index, int N,
      * small async copies per step; a masked-blend op would make it one kernel. */
     for (size_t row = 0; row < (size_t)N * s->C * s->H; row++)
         ncsn_copy(be, x + row * s->W, s->noise + row * s->W, (size_t)half * sizeof(float));
-    ald_step(s, x, first_index, N, a, step);
+    evaluate_score(s, x, N);
+    ncsn_langevin_step(be, x, s->score_buf, N, P, a, s->opt.seed, first_index, step);
 }
 
 /* v2 anneal_Langevin_dynamics_interpolation, one step. Row r = k / n_interp shares two
@@ -419,17 +490,21 @@ void ncsn_sampler_run_levels(ncsn_sampler *s, float *x, uint32_t first_index, in
     NCSN_CHECKF(0 <= level_begin && level_begin <= level_end && level_end <= s->L,
                 "sampler: levels [%d, %d) outside [0, %d)", level_begin, level_end, s->L);
     const int T = s->opt.n_steps_each;
+    if (s->opt.kind == NCSN_SAMPLER_ALD || s->opt.kind == NCSN_SAMPLER_LANGEVIN) {
+        /* The whole level range is one run of the replayable step: each level's label and
+         * a_i are in the schedule in backend memory. Plain Langevin
+         * (BaselineRunner.Langevin_dynamics) stays at the smallest sigma, where a = step_lr;
+         * its L*T steps are numbered like ALD's. */
+        run_chain_steps(s, x, first_index, N, (uint32_t)(level_begin * T), (uint32_t)((level_end - level_begin) * T));
+        return;
+    }
     for (int i = level_begin; i < level_end; i++) {
-        /* Plain Langevin (BaselineRunner.Langevin_dynamics) stays at the smallest sigma,
-         * where a = step_lr; its L*T steps are numbered like ALD's. */
-        int label = s->opt.kind == NCSN_SAMPLER_LANGEVIN ? s->L - 1 : i;
-        float a = ncsn_langevin_step_size(s->opt.step_lr, s->sigmas, s->L, label);
-        set_level_labels(s, label, N);
+        float a = ncsn_langevin_step_size(s->opt.step_lr, s->sigmas, s->L, i);
+        set_level_labels(s, i, N);
         switch (s->opt.kind) {
         case NCSN_SAMPLER_ALD:
         case NCSN_SAMPLER_LANGEVIN:
-            for (int t = 0; t < T; t++) ald_step(s, x, first_index, N, a, (uint32_t)(i * T + t));
-            break;
+            break; /* above */
         case NCSN_SAMPLER_INPAINT:
             for (int t = 0; t < T; t++)
                 inpaint_step(s, x, first_index, N, s->sigmas[i], a, (uint32_t)(i * T + t));
@@ -1245,16 +1320,11 @@ int ncsn_cmd_bench_sampler(int argc, char **argv) {
     ncsn_model_plan(m, B);
     float *x = ncsn_alloc(be, (size_t)B * C * H * W * sizeof(float));
 
-    /* Warm-up: one step creates the convolution primitives / plans and grows workspaces. */
-    ncsn_sampler_options warm = o;
-    warm.n_steps_each = 1;
-    ncsn_sampler *ws = ncsn_sampler_create(be, ncsn_model_score_fn, m, ncsn_model_sigmas_host(m), L, C, H, W, B, &warm);
-    ncsn_sampler_init_batch(ws, x, 0, B);
-    ncsn_sampler_run_levels(ws, x, 0, B, 0, 1);
-    ncsn_synchronize(be);
-    ncsn_sampler_free(ws);
-
+    /* Warm-up: one level creates the convolution primitives / plans, grows the workspaces
+     * and, on CUDA, captures the step graph; the timed run then replays it. */
     ncsn_sampler *s = ncsn_sampler_create(be, ncsn_model_score_fn, m, ncsn_model_sigmas_host(m), L, C, H, W, B, &o);
+    ncsn_sampler_init_batch(s, x, 0, B);
+    ncsn_sampler_run_levels(s, x, 0, B, 0, 1);
     ncsn_sampler_init_batch(s, x, 0, B);
     ncsn_synchronize(be);
     double t0 = ncsn_now();
