@@ -48,9 +48,9 @@ struct ncsn_trainer {
     /* Step buffers (backend). */
     float *x, *x_noisy, *noise, *tmp, *score, *dscore, *loss, *slices, *grad_norm2;
     int32_t *labels;
-    int32_t *labels_host;
+    int32_t *labels_host; /* staging memory (ncsn_host_alloc): uploaded asynchronously */
+    ncsn_fence *uploaded; /* recorded after the step's uploads (ncsn_trainer_wait_upload) */
     ncsn_ssm *ssm_state;
-    double last_grad_norm; /* before clipping; NAN unless clipping is on */
 };
 
 static float *alloc_floats(ncsn_backend *be, size_t count, const char *what) {
@@ -105,7 +105,6 @@ ncsn_trainer *ncsn_trainer_create(ncsn_backend *be, ncsn_model *m, const ncsn_co
     NCSN_CHECK(t->D == (size_t)t->C * (size_t)t->H * (size_t)t->W);
     t->P = ncsn_model_table(m)->total;
     t->ssm = ssm;
-    t->last_grad_norm = NAN;
 
     /* v1 AnnealRunner.train dequantises every batch; v2 data_transform only with
      * data.uniform_dequantization. Toy points are not images: no image transforms. */
@@ -132,7 +131,8 @@ ncsn_trainer *ncsn_trainer_create(ncsn_backend *be, ncsn_model *m, const ncsn_co
     t->grad_norm2 = alloc_floats(be, 1, "gradient norm");
     t->labels = ncsn_alloc(be, (size_t)B * sizeof(int32_t));
     if (!t->labels) ncsn_die("train: cannot allocate labels on %s", be->ops->name);
-    t->labels_host = ncsn_xmalloc((size_t)B * sizeof(int32_t));
+    t->labels_host = ncsn_host_alloc(be, (size_t)B * sizeof(int32_t));
+    t->uploaded = ncsn_fence_create(be);
     if (ssm) {
         t->slices = alloc_floats(be, BD, "SSM projections");
         t->ssm_state = ncsn_ssm_create(be, m, B);
@@ -152,7 +152,8 @@ void ncsn_trainer_free(ncsn_trainer *t) {
         if (buffers[k]) ncsn_free(be, buffers[k]);
     ncsn_free(be, t->labels);
     ncsn_ssm_free(t->ssm_state);
-    free(t->labels_host);
+    ncsn_host_free(be, t->labels_host);
+    ncsn_fence_destroy(be, t->uploaded);
     free(t);
 }
 
@@ -171,7 +172,14 @@ float *ncsn_trainer_adam_v(ncsn_trainer *t) { return t->adam_v; }
 float *ncsn_trainer_adam_vmax(ncsn_trainer *t) { return t->adam_vmax; }
 float *ncsn_trainer_ema(ncsn_trainer *t) { return t->ema; }
 const float *ncsn_trainer_perturbed(const ncsn_trainer *t) { return t->x_noisy; }
-double ncsn_trainer_grad_norm(const ncsn_trainer *t) { return t->last_grad_norm; }
+double ncsn_trainer_grad_norm(const ncsn_trainer *t) {
+    if (!(t->cfg->training.grad_clip > 0.0)) return NAN;
+    float norm2;
+    ncsn_copy_to_host(t->be, &norm2, t->grad_norm2, sizeof norm2); /* synchronises */
+    return sqrt((double)norm2);
+}
+
+void ncsn_trainer_wait_upload(ncsn_trainer *t) { ncsn_fence_wait(t->be, t->uploaded); }
 
 /* torchvision RandomHorizontalFlip(p = 0.5), per example, on the host copy of the batch:
  * a flip is a permutation, so doing it while the batch passes through host memory costs
@@ -217,12 +225,7 @@ static void preprocess(ncsn_trainer *t, long step) {
     if (t->rescale) {
         ncsn_scale_shift(be, t->x, t->x, 2.0f, -1.0f, BD);
     } else if (t->logit) {
-        /* No backend op for the logit (off in every official config): a host round trip. */
-        float *h = ncsn_xmalloc(BD * sizeof(float));
-        ncsn_copy_to_host(be, h, t->x, BD * sizeof(float));
-        for (size_t i = 0; i < BD; i++) h[i] = ncsn_logit_element(h[i]);
-        ncsn_copy_to_device(be, t->x, h, BD * sizeof(float));
-        free(h);
+        ncsn_logit(be, t->x, BD);
     }
 }
 
@@ -239,8 +242,11 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
      *    keyed by the example's global position so any number of ranks draws the same levels. */
     if (t->flip) flip_batch_host(x_host, t->B, t->global_B, t->first_row, t->C, t->H, t->W, t->seed, step);
     for (int n = 0; n < t->B; n++) t->labels_host[n] = ncsn_train_label(t->seed, step, t->first_row + n, t->L);
+    /* From staging memory on CUDA (the loader's pinned buffers, labels_host): asynchronous;
+     * the fence tells the caller when x_host and labels_host may be rewritten. */
     ncsn_copy_to_device(be, t->x, x_host, BD * sizeof(float));
     ncsn_copy_to_device(be, t->labels, t->labels_host, (size_t)t->B * sizeof(int32_t));
+    ncsn_fence_record(be, t->uploaded);
     preprocess(t, step);
 
     /* 2. Perturbation x~ = x + sigma_y z (anneal_dsm_score_estimation). */
@@ -261,8 +267,8 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
     }
 
     /* 4. Optional gradient-norm clipping (torch.nn.utils.clip_grad_norm_, as score_sde):
-     *    coef = max_norm / (norm + 1e-6), applied when below 1. The scale depends on a
-     *    device reduction: this is the step's one host synchronisation (clipping only). */
+     *    coef = max_norm / (norm + 1e-6), applied when below 1. The norm stays in backend
+     *    memory and the clip kernel reads it there: no host synchronisation. */
     float *grads = ncsn_model_grads(m);
     /* 3b. Data parallel: each rank's gradient is that of the mean loss over its slice; their
      *     mean over ranks (equal slices) is the gradient of the global-batch mean loss. One
@@ -270,13 +276,8 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
      *     the bucketed, overlapped form for NCCL is described in comm.h. */
     if (t->comm && ncsn_comm_world_size(t->comm) > 1) ncsn_comm_allreduce_mean(t->comm, be, grads, t->P);
     if (cfg->training.grad_clip > 0.0) {
-        float norm2;
         ncsn_sum_squares(be, t->grad_norm2, grads, t->P);
-        ncsn_copy_to_host(be, &norm2, t->grad_norm2, sizeof norm2);
-        double norm = sqrt((double)norm2);
-        t->last_grad_norm = norm;
-        double coef = cfg->training.grad_clip / (norm + 1e-6);
-        if (coef < 1.0) ncsn_scale_shift(be, grads, grads, (float)coef, 0.0f, t->P);
+        ncsn_clip_by_norm(be, grads, t->P, t->grad_norm2, (float)cfg->training.grad_clip);
     }
 
     /* 5. Adam (torch.optim.Adam: betas (beta1, 0.999), eps, weight_decay, amsgrad), then
@@ -600,6 +601,11 @@ static void load_training_checkpoint(train_run *r, const char *path) {
     ncsn_checkpoint_close(&f);
 }
 
+/* The loader's buffer provider: the backend's staging memory (ctx is the backend). */
+static void *staging_alloc(void *be, size_t bytes) { return ncsn_host_alloc((ncsn_backend *)be, bytes); }
+
+static void staging_free(void *be, void *p) { ncsn_host_free((ncsn_backend *)be, p); }
+
 /* Writes DIR/metrics.jsonl line for the interval that ends at r->step. */
 static void write_metrics(const train_run *r, const window_stats *s, double lr, double elapsed, double rate) {
     FILE *f = fopen(r->metrics_path, "a");
@@ -614,7 +620,8 @@ static void write_metrics(const train_run *r, const window_stats *s, double lr, 
             fprintf(f, "%snull", b ? ", " : "");
     }
     fprintf(f, "], \"examples\": %ld, \"lr\": %.9g", s->examples, lr);
-    if (isfinite(r->t->last_grad_norm)) fprintf(f, ", \"grad_norm\": %.9g", r->t->last_grad_norm);
+    double grad_norm = ncsn_trainer_grad_norm(r->t); /* NAN unless clipping; a sync at a log point */
+    if (isfinite(grad_norm)) fprintf(f, ", \"grad_norm\": %.9g", grad_norm);
     fprintf(f, ", \"steps_per_s\": %.6g, \"elapsed\": %.3f, \"time\": %.3f}\n", rate, elapsed,
             (double)now.tv_sec + 1e-9 * (double)now.tv_nsec);
     if (fclose(f) != 0) ncsn_die("%s: write failed: %s", r->metrics_path, strerror(errno));
@@ -958,6 +965,13 @@ int ncsn_train(const ncsn_train_options *o) {
     lo.shuffle = 1;
     lo.shard_index = r->rank; /* rows [rank * B/K, (rank+1) * B/K) of every global batch */
     lo.shard_count = r->K;
+    /* Batches are prepared in the backend's staging memory (pinned on CUDA), so the upload
+     * is a true asynchronous copy; a batch goes back to the loader once its upload is done
+     * (ncsn_trainer_wait_upload). Three buffers: one uploading, one ready, one filling. */
+    lo.depth = 3;
+    lo.buffer_alloc = staging_alloc;
+    lo.buffer_free = staging_free;
+    lo.buffer_ctx = r->be;
     ncsn_loader *loader = ncsn_loader_create(&ds, &lo, r->loader_state);
 
     loss_window w;
@@ -979,7 +993,11 @@ int ncsn_train(const ncsn_train_options *o) {
     while (r->step < r->total) {
         ncsn_batch batch = ncsn_loader_acquire(loader);
         NCSN_CHECK(batch.n == r->B_local);
-        lr = ncsn_trainer_step(r->t, batch.x, r->step); /* copies the batch to the backend */
+        lr = ncsn_trainer_step(r->t, batch.x, r->step); /* enqueues the upload and the step */
+        /* On CUDA this returns once the GPU has reached this step's upload, i.e. finished the
+         * previous step: the host stays one step ahead, and the loader refills the buffer
+         * while this step computes. On the CPU the step is already done. */
+        ncsn_trainer_wait_upload(r->t);
         ncsn_loader_release(loader, &batch);
         r->loader_state = batch.end;
         r->step++;

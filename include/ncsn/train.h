@@ -102,10 +102,15 @@ void ncsn_trainer_free(ncsn_trainer *t);
  * comm) the trainer is the single-process one. */
 void ncsn_trainer_set_comm(ncsn_trainer *t, ncsn_comm *comm);
 
-/* One update. x_host: the batch, B x C x H x W floats in [0, 1] (k / 255), host memory;
+/* One update. x_host: the batch, B x C x H x W floats in [0, 1] (k / 255), host memory
+ * (ideally ncsn_host_alloc staging memory: then the upload is asynchronous on CUDA);
  * random flips are applied to it in place. step: updates completed before this one.
- * Enqueues backend work only (plus the documented syncs); returns the learning rate used. */
+ * Enqueues backend work only: no host synchronisation (clipping included); returns the
+ * learning rate used. */
 double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step);
+/* Blocks until the last step's upload of x_host has completed, so that the caller may
+ * rewrite or recycle x_host (immediately on the CPU). */
+void ncsn_trainer_wait_upload(ncsn_trainer *t);
 
 /* Reads the per-example losses of the last step (B local floats; synchronises) and the level
  * indices they were drawn at. Either pointer may be NULL. */
@@ -118,7 +123,8 @@ float *ncsn_trainer_adam_v(ncsn_trainer *t);
 float *ncsn_trainer_adam_vmax(ncsn_trainer *t);
 float *ncsn_trainer_ema(ncsn_trainer *t);
 /* The last step's perturbed batch x~ = preprocess(x) + sigma z (backend memory, B x C x H x W)
- * and its gradient norm before clipping (NAN unless training.grad_clip > 0): for tests. */
+ * and its gradient norm before clipping (NAN unless training.grad_clip > 0; reads it back,
+ * so it synchronises: log points and tests). */
 const float *ncsn_trainer_perturbed(const ncsn_trainer *t);
 double ncsn_trainer_grad_norm(const ncsn_trainer *t);
 /* The learning rate of update number step (0-based): optim.lr, times the linear
