@@ -18,4 +18,12 @@ if [ "$#" -eq 0 ]; then
     echo "test-gpu: no GPU test binaries given (expected $build/tests/gpu/test_gpu_*)"
     exit 1
 fi
-exec sh "$(dirname "$0")/run.sh" "$build" "$@"
+sh "$(dirname "$0")/run.sh" "$build" "$@" || exit 1
+# Multi-GPU equivalence: --nproc 2 (NCCL) against --nproc 1, the CPU test's checks.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+if [ "$gpus" -ge 2 ]; then
+    echo "test-gpu: multi-GPU equivalence on $gpus GPUs (tests/test_train_dp.c with NCSN_TEST_DP_DEVICE=cuda)"
+    NCSN_TEST_DP_DEVICE=cuda "$build/tests/test_train_dp" || exit 1
+else
+    echo "test-gpu: multi-GPU equivalence: skipped ($gpus GPU visible, 2 needed)"
+fi

@@ -14,6 +14,9 @@
  *     gives step 15 with finite losses, and matches the --nproc 1 run resumed to step 15
  *     within the same tolerance.
  *  3. refusal: --nproc 4 with global batch 6 stops with exit 1 and says why.
+ * With NCSN_TEST_DP_DEVICE=cuda (make test-gpu, >= 2 GPUs) the ranks are GPUs and the
+ * all-reduce is NCCL's; the tolerances below hold there too (NCCL's average of two ranks is
+ * one correctly rounded sum and a halving, as exact as the shm mean).
  *
  * Tolerance. The two runs differ only in fp32 summation order: the one-process gradient
  * is one sum over 6 examples (and oneDNN's reductions over a batch of 6), the two-rank one
@@ -244,6 +247,9 @@ static void expect_run(const char *what, const char *log, char *const args[]) {
 }
 
 int main(void) {
+    /* NCSN_TEST_DP_DEVICE=cuda: the same checks with one GPU per rank and NCCL (run by
+     * `make test-gpu` when at least two GPUs are visible). */
+    char *device = getenv("NCSN_TEST_DP_DEVICE") ? getenv("NCSN_TEST_DP_DEVICE") : "cpu";
     if (!find_ncsn()) {
         printf("cannot find the ncsn binary beside this test (%s): build it with `make`\n", g_ncsn);
         return 1;
@@ -253,7 +259,7 @@ int main(void) {
         printf("mkdtemp failed: %s\n", strerror(errno));
         return 1;
     }
-    printf("binary %s; workdirs under %s\n", g_ncsn, g_root);
+    printf("binary %s, device %s; workdirs under %s\n", g_ncsn, device, g_root);
     char cfg[512], data[512], w1[512], w2[512], log[512];
     path_in(cfg, sizeof cfg, "v2_28.yml");
     path_in(data, sizeof data, "images28.npy");
@@ -264,11 +270,11 @@ int main(void) {
 
     /* 1. --nproc 1 vs --nproc 2, 10 steps. */
     printf("-- 10 steps, --nproc 1 vs --nproc 2 (global batch 6: 3 examples per rank)\n");
-    char *args1[] = {"--config", cfg, "--workdir", w1, "--data", data, "--device", "cpu", "--steps", "10", "--nproc", "1",
+    char *args1[] = {"--config", cfg, "--workdir", w1, "--data", data, "--device", device, "--steps", "10", "--nproc", "1",
                      NULL};
     path_in(log, sizeof log, "nproc1.log");
     expect_run("--nproc 1", log, args1);
-    char *args2[] = {"--config", cfg, "--workdir", w2, "--data", data, "--device", "cpu", "--steps", "10", "--nproc", "2",
+    char *args2[] = {"--config", cfg, "--workdir", w2, "--data", data, "--device", device, "--steps", "10", "--nproc", "2",
                      NULL};
     path_in(log, sizeof log, "nproc2.log");
     expect_run("--nproc 2", log, args2);
@@ -302,11 +308,11 @@ int main(void) {
 
     /* 2. Resume the two-rank run with one rank, and the one-rank run likewise, to step 15. */
     printf("-- resume to step 15 with --nproc 1: from the --nproc 2 checkpoint vs from the --nproc 1 one\n");
-    char *resume2[] = {"--config", cfg, "--workdir", w2, "--data", data, "--device", "cpu", "--steps", "15", "--resume",
+    char *resume2[] = {"--config", cfg, "--workdir", w2, "--data", data, "--device", device, "--steps", "15", "--resume",
                        "--nproc", "1", NULL};
     path_in(log, sizeof log, "resume2.log");
     expect_run("--nproc 2 run resumed with --nproc 1", log, resume2);
-    char *resume1[] = {"--config", cfg, "--workdir", w1, "--data", data, "--device", "cpu", "--steps", "15", "--resume",
+    char *resume1[] = {"--config", cfg, "--workdir", w1, "--data", data, "--device", device, "--steps", "15", "--resume",
                        "--nproc", "1", NULL};
     path_in(log, sizeof log, "resume1.log");
     expect_run("--nproc 1 run resumed with --nproc 1", log, resume1);
@@ -321,7 +327,7 @@ int main(void) {
     printf("-- refusal: --nproc 4 with batch 6\n");
     char w4[512];
     path_in(w4, sizeof w4, "nproc4");
-    char *args4[] = {"--config", cfg, "--workdir", w4, "--data", data, "--device", "cpu", "--steps", "2", "--nproc", "4",
+    char *args4[] = {"--config", cfg, "--workdir", w4, "--data", data, "--device", device, "--steps", "2", "--nproc", "4",
                      NULL};
     path_in(log, sizeof log, "nproc4.log");
     int rc = run_ncsn_train(log, args4);
