@@ -598,7 +598,7 @@ void ncsn_sample_model_host(ncsn_backend *be, ncsn_model *m, const ncsn_config *
 
 typedef struct {
     const char *checkpoint, *config, *out, *device, *data, *sampler;
-    const char *precision; /* --precision: default bf16 on the CPU, tf32 on CUDA (see below) */
+    const char *precision; /* --precision: default bf16 (sampler_precision) */
     long n;
     int batch;
     uint64_t seed;
@@ -1063,18 +1063,25 @@ static void load_references(ncsn_sampler *s, const loaded_model *lm, const ncsn_
     ncsn_dataset_free(&ds);
 }
 
+/* --precision, or the sampler's default: the fastest precision whose deviation from fp32
+ * is measured and bounded. That is bf16 convolutions (inputs and weights rounded to bf16,
+ * fp32 accumulation; chain state fp32): one NCSNv2 evaluation within 1.5e-2 relative L2 of
+ * fp32 and a full 232 x 5 chain within 2.3e-3 (tests/test_precision.c, bench_precision).
+ * The bound is established on the CPU; cuDNN's bf16 rounds the same inputs the same way
+ * (round to nearest even), and make test-gpu checks CUDA bf16 against the CPU's. Where a
+ * CPU has no bf16 kernels the backend falls back to fp32 and says so. --precision fp32
+ * reproduces exactly. */
+static ncsn_precision sampler_precision(const char *flag) {
+    return flag ? ncsn_precision_parse(flag, "--precision") : NCSN_PRECISION_BF16;
+}
+
 int ncsn_cmd_sample(int argc, char **argv) {
     sample_args a;
     parse_sample_args(&a, argc, argv, 0);
     if (!a.checkpoint || !a.out || a.n <= 0)
         ncsn_die("sample: --checkpoint C, --n N and --out DIR|F.npz|G.png are required");
     ncsn_backend *be = ncsn_backend_create_from_name(a.device ? a.device : "auto");
-    /* The sampler's default precision is the fastest one whose deviation from fp32 is
-     * measured and bounded: bf16 convolutions on the CPU (one NCSNv2 evaluation within
-     * 1.5e-2 relative L2 of fp32, chain state fp32; tests/test_precision.c); on CUDA tf32,
-     * since nothing has been measured on a GPU. --precision fp32 reproduces exactly. */
-    ncsn_backend_set_precision(be, a.precision ? ncsn_precision_parse(a.precision, "--precision")
-                                   : be->kind == NCSN_DEVICE_CUDA ? NCSN_PRECISION_TF32 : NCSN_PRECISION_BF16);
+    ncsn_backend_set_precision(be, sampler_precision(a.precision));
     loaded_model lm;
     load_model(&lm, be, a.checkpoint, a.config, a.ema);
     ncsn_sampler_options o;
@@ -1299,12 +1306,7 @@ int ncsn_cmd_bench_sampler(int argc, char **argv) {
     parse_sample_args(&a, argc, argv, 1);
     if (!a.config || a.batch <= 0) ncsn_die("bench sampler: --config F and --batch B are required");
     ncsn_backend *be = ncsn_backend_create_from_name(a.device ? a.device : "auto");
-    /* The sampler's default precision is the fastest one whose deviation from fp32 is
-     * measured and bounded: bf16 convolutions on the CPU (one NCSNv2 evaluation within
-     * 1.5e-2 relative L2 of fp32, chain state fp32; tests/test_precision.c); on CUDA tf32,
-     * since nothing has been measured on a GPU. --precision fp32 reproduces exactly. */
-    ncsn_backend_set_precision(be, a.precision ? ncsn_precision_parse(a.precision, "--precision")
-                                   : be->kind == NCSN_DEVICE_CUDA ? NCSN_PRECISION_TF32 : NCSN_PRECISION_BF16);
+    ncsn_backend_set_precision(be, sampler_precision(a.precision));
     ncsn_config cfg;
     ncsn_config_load(&cfg, a.config);
     ncsn_model *m = ncsn_model_create(be, &cfg);
