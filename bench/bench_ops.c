@@ -9,9 +9,11 @@
  * The peer: bench/torch_ops.py runs the same convolutions in PyTorch (2 threads); when
  * /usr/bin/python3 and that script are present this program runs it right after timing
  * each convolution itself (so both see the same load on a shared machine) and prints the
- * engine / torch ratio per line. The FP32 peak printed is an ESTIMATE: cores x 32 FLOP per
- * cycle (Zen 4 / AVX-512 executed as two 256-bit FMA pipes: 2 x 8 lanes x 2) x the clock
- * /proc/cpuinfo reports (boost clocks make the true peak higher).
+ * engine / torch ratio per line. The FP32 peak printed is an ESTIMATE: cores x FP32 FLOP per
+ * cycle x the clock /proc/cpuinfo reports (boost clocks make the true peak higher). FLOP
+ * per cycle is two FMA pipes x lanes x 2, with the pipe width read from the CPU flags
+ * (fp32_flop_per_cycle): 64 for full-width AVX-512 (Intel server cores; AMD Zen 5, told
+ * from Zen 4 by avx512_vp2intersect), 32 for Zen 4 (AVX-512 on 256-bit pipes) and AVX2.
  *
  * Usage: build-cpu/bench/bench_ops [runs]   (NCSN_CPU_CONV_LAYOUT=any|nchw|nhwc selects the
  * primitives' layout, see host/cpu_internal.h; NCSN_BENCH_NO_TORCH=1 skips the peer).
@@ -55,6 +57,26 @@ static double cpu_mhz(void) {
     return mhz;
 }
 
+/* FP32 FLOP per cycle per core from /proc/cpuinfo's vendor and flags (see the header). */
+static double fp32_flop_per_cycle(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return 32.0;
+    char line[8192];
+    int amd = 0, avx512 = 0, vp2intersect = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "vendor_id", 9)) amd = strstr(line, "AuthenticAMD") != NULL;
+        if (!strncmp(line, "flags", 5)) {
+            avx512 = strstr(line, " avx512f") != NULL;
+            vp2intersect = strstr(line, " avx512_vp2intersect") != NULL;
+            break;
+        }
+    }
+    fclose(f);
+    if (!avx512) return 32.0;         /* AVX2: 2 pipes x 8 lanes x 2 */
+    if (amd && !vp2intersect) return 32.0; /* Zen 4: 512-bit ops on 256-bit pipes */
+    return 64.0;                      /* 2 pipes x 16 lanes x 2 */
+}
+
 static int torch_available(void) {
     return !getenv("NCSN_BENCH_NO_TORCH") && !access("/usr/bin/python3", X_OK) && !access("bench/torch_ops.py", R_OK);
 }
@@ -95,15 +117,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     int threads = omp_get_max_threads();
-    double mhz = cpu_mhz(), peak = threads * 32.0 * mhz * 1e-3;
+    double mhz = cpu_mhz(), flop_per_cycle = fp32_flop_per_cycle(), peak = threads * flop_per_cycle * mhz * 1e-3;
     const char *layout = getenv("NCSN_CPU_CONV_LAYOUT");
     printf("bench_ops: CPU backend, %d threads, conv layout %s, N = %d, median of %d runs after 1 warm-up\n", threads,
            layout && *layout ? layout : "any", BATCH, runs);
     printf("load average at start: %.2f (%s)\n", load_average(),
            load_average() > threads ? "BUSY: other jobs share the cores, numbers are depressed" : "quiet enough");
     if (mhz > 0)
-        printf("FP32 peak estimate: %d cores x 32 FLOP/cycle x %.0f MHz = %.0f GFLOP/s (estimate: nominal clock)\n",
-               threads, mhz, peak);
+        printf("FP32 peak estimate: %d cores x %.0f FLOP/cycle x %.0f MHz = %.0f GFLOP/s (estimate: nominal clock)\n",
+               threads, flop_per_cycle, mhz, peak);
 
     int with_torch = torch_available();
     if (!with_torch)
