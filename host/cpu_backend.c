@@ -979,10 +979,10 @@ static void cpu_ema_update(ncsn_backend *be, float *shadow, const float *params,
     for (size_t i = 0; i < n; i++) shadow[i] = ncsn_ema_element(shadow[i], params[i], mu);
 }
 
-static void cpu_langevin_step(ncsn_backend *be, float *x, const float *score, int N, size_t per_example, float a,
-                              uint64_t seed, uint32_t example_offset, uint32_t step) {
-    NCSN_CHECKF(a >= 0.0f, "langevin_step: negative step size %g", (double)a);
-    const float noise_scale = sqrtf(2.0f * a);
+/* x <- x + a s + noise_scale z, z keyed by (seed, LANGEVIN, example_offset + n, step, i):
+ * the one loop behind langevin_step and langevin_step_chain. */
+static void langevin_update(float *x, const float *score, int N, size_t per_example, float a, float noise_scale,
+                            uint64_t seed, uint32_t example_offset, uint32_t step) {
 #pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN_RNG)
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < per_example; i++) {
@@ -990,6 +990,12 @@ static void cpu_langevin_step(ncsn_backend *be, float *x, const float *score, in
             float z = ncsn_rng_normal(seed, NCSN_RNG_LANGEVIN, example_offset + (uint32_t)n, step, i);
             x[j] = ncsn_langevin_element(x[j], score[j], z, a, noise_scale);
         }
+}
+
+static void cpu_langevin_step(ncsn_backend *be, float *x, const float *score, int N, size_t per_example, float a,
+                              uint64_t seed, uint32_t example_offset, uint32_t step) {
+    NCSN_CHECKF(a >= 0.0f, "langevin_step: negative step size %g", (double)a);
+    langevin_update(x, score, N, per_example, a, sqrtf(2.0f * a), seed, example_offset, step);
 }
 
 /* The chain's level at its current step, checked: an out-of-range level is a sampler bug. */
@@ -1006,15 +1012,8 @@ static void cpu_langevin_step_chain(ncsn_backend *be, float *x, const float *sco
                                     const float *schedule, int L, const uint32_t *state, uint32_t steps_per_level,
                                     uint64_t seed) {
     int level = chain_level("langevin_step_chain", state, steps_per_level, L);
-    const float a = schedule[2 * level], noise_scale = schedule[2 * level + 1];
-    const uint32_t step = state[NCSN_CHAIN_STEP], first = state[NCSN_CHAIN_FIRST_INDEX];
-#pragma omp parallel for collapse(2) schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN_RNG)
-    for (int n = 0; n < N; n++)
-        for (size_t i = 0; i < per_example; i++) {
-            size_t j = (size_t)n * per_example + i;
-            float z = ncsn_rng_normal(seed, NCSN_RNG_LANGEVIN, first + (uint32_t)n, step, i);
-            x[j] = ncsn_langevin_element(x[j], score[j], z, a, noise_scale);
-        }
+    langevin_update(x, score, N, per_example, schedule[2 * level], schedule[2 * level + 1], seed,
+                    state[NCSN_CHAIN_FIRST_INDEX], state[NCSN_CHAIN_STEP]);
 }
 
 static void cpu_chain_labels(ncsn_backend *be, int32_t *labels, int N, const int32_t *level_labels, int L,

@@ -39,15 +39,22 @@ extern "C" void ncsn_cuda_fill_uniform(cudaStream_t stream, float *out, int N, s
     launch_fill(stream, out, N, per_example, seed, purpose, example_offset, step, 0);
 }
 
-/* x <- x + a s + sqrt(2a) z with z drawn in place: the noise never touches memory. */
-static __global__ void langevin_step_kernel(float *x, const float *score, size_t per_example, float a,
-                                            float noise_scale, uint64_t seed, uint32_t example_offset, uint32_t step,
-                                            size_t n) {
+/* x <- x + a s + sqrt(2a) z with z drawn in place: the noise never touches memory. The
+ * grid-stride body of both Langevin kernels (by-value scalars, and the chain's). */
+static __device__ __forceinline__ void langevin_update(float *x, const float *score, size_t per_example, float a,
+                                                       float noise_scale, uint64_t seed, uint32_t example_offset,
+                                                       uint32_t step, size_t n) {
     NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
         uint32_t example = example_offset + (uint32_t)(i / per_example);
         float z = ncsn_rng_normal(seed, NCSN_RNG_LANGEVIN, example, step, i % per_example);
         x[i] = ncsn_langevin_element(x[i], score[i], z, a, noise_scale);
     }
+}
+
+static __global__ void langevin_step_kernel(float *x, const float *score, size_t per_example, float a,
+                                            float noise_scale, uint64_t seed, uint32_t example_offset, uint32_t step,
+                                            size_t n) {
+    langevin_update(x, score, per_example, a, noise_scale, seed, example_offset, step, n);
 }
 
 extern "C" void ncsn_cuda_langevin_step(cudaStream_t stream, float *x, const float *score, int N, size_t per_example,
@@ -89,13 +96,8 @@ static __global__ void langevin_step_chain_kernel(float *x, const float *score, 
                                                   const float *schedule, int L, const uint32_t *state,
                                                   uint32_t steps_per_level, uint64_t seed, size_t n) {
     const int level = chain_level(state, steps_per_level, L);
-    const float a = schedule[2 * level], noise_scale = schedule[2 * level + 1];
-    const uint32_t step = state[NCSN_CHAIN_STEP], first = state[NCSN_CHAIN_FIRST_INDEX];
-    NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
-        uint32_t example = first + (uint32_t)(i / per_example);
-        float z = ncsn_rng_normal(seed, NCSN_RNG_LANGEVIN, example, step, i % per_example);
-        x[i] = ncsn_langevin_element(x[i], score[i], z, a, noise_scale);
-    }
+    langevin_update(x, score, per_example, schedule[2 * level], schedule[2 * level + 1], seed,
+                    state[NCSN_CHAIN_FIRST_INDEX], state[NCSN_CHAIN_STEP], n);
 }
 
 extern "C" void ncsn_cuda_langevin_step_chain(cudaStream_t stream, float *x, const float *score, int N,
