@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <zlib.h>
 
 #include "ncsn/backend.h"
 #include "ncsn/checkpoint.h"
@@ -65,43 +66,57 @@ int ncsn_cmd_info(int argc, char **argv) {
     return 0;
 }
 
-/* Builds the model a checkpoint describes (its stored config, or --config) on `be` and
- * loads its weights: the EMA copy when asked and present, else the parameters. */
-ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, const char *config_path,
-                                       int use_ema, ncsn_config *cfg) {
+/* Builds the model a checkpoint describes and loads its weights (cli.h). */
+ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, const char *config_path, int ema,
+                                       ncsn_config *cfg, ncsn_loaded_model_info *info) {
     ncsn_checkpoint_file f;
     ncsn_checkpoint_open(&f, ckpt_path);
     if (config_path) {
         ncsn_config_load(cfg, config_path);
     } else {
         const char *text = ncsn_checkpoint_config_text(&f);
-        if (!text) ncsn_die("%s: checkpoint has no stored config; pass --config FILE.yml", ckpt_path);
-        ncsn_config_parse(cfg, text, ckpt_path);
+        if (!text) ncsn_die("%s: no config stored in the checkpoint; pass --config F.yml", ckpt_path);
+        char origin[1100];
+        snprintf(origin, sizeof origin, "%s (stored config)", ckpt_path);
+        ncsn_config_parse(cfg, text, origin);
     }
-    ncsn_model *m = ncsn_model_create(be, cfg);
-    const ncsn_param_table *t = ncsn_model_table(m);
-    ncsn_checkpoint_data d;
-    memset(&d, 0, sizeof d);
-    d.params = ncsn_xmalloc(t->total * sizeof(float));
-    d.ema = use_ema ? ncsn_xmalloc(t->total * sizeof(float)) : NULL;
-    d.num_levels = 0;
     const char *arch = ncsn_checkpoint_arch(&f);
-    int has_sigmas_tensor = ncsn_safetensors_find(&f.st, "sigmas") != NULL;
-    if (has_sigmas_tensor) {
-        d.num_levels = ncsn_model_num_levels(m);
-        d.sigmas = ncsn_xmalloc((size_t)d.num_levels * sizeof(float));
-    }
     if (arch && strcmp(arch, ncsn_arch_name(cfg->model.arch)))
         ncsn_die("%s: checkpoint is for architecture '%s', the config builds '%s'", ckpt_path, arch,
                  ncsn_arch_name(cfg->model.arch));
-    ncsn_checkpoint_load(&f, t, &d, NCSN_CKPT_MODEL);
-    const float *weights = (use_ema && d.has_ema) ? d.ema : d.params;
-    if (use_ema && !d.has_ema) fprintf(stderr, "%s: no EMA weights stored; using the parameters\n", ckpt_path);
-    ncsn_copy_to_device(be, ncsn_model_params(m), weights, t->total * sizeof(float));
-    if (d.has_sigmas) {
-        /* The stored buffer is what the network was trained with: it wins over the config. */
-        ncsn_copy_to_device(be, ncsn_model_sigmas(m), d.sigmas, (size_t)d.num_levels * sizeof(float));
+    ncsn_model *m = ncsn_model_create(be, cfg);
+    const ncsn_param_table *t = ncsn_model_table(m);
+    const int L = ncsn_model_num_levels(m);
+    ncsn_checkpoint_data d;
+    memset(&d, 0, sizeof d);
+    d.params = ncsn_xmalloc(t->total * sizeof(float));
+    d.ema = ema != 0 ? ncsn_xmalloc(t->total * sizeof(float)) : NULL;
+    if (ncsn_safetensors_find(&f.st, "sigmas")) {
+        d.num_levels = L;
+        d.sigmas = ncsn_xmalloc((size_t)L * sizeof(float));
     }
+    ncsn_checkpoint_load(&f, t, &d, ema == 1 ? NCSN_CKPT_NEED_EMA : NCSN_CKPT_MODEL);
+    if (d.has_sigmas) {
+        const float *ms = ncsn_model_sigmas_host(m);
+        for (int i = 0; i < L; i++)
+            if (fabsf(d.sigmas[i] - ms[i]) > 1e-6f * ms[i])
+                ncsn_die("%s: sigmas[%d] = %.9g in the checkpoint but %.9g from the config's schedule", ckpt_path, i,
+                         (double)d.sigmas[i], (double)ms[i]);
+    }
+    int used_ema = ema != 0 && d.has_ema;
+    const float *w = used_ema ? d.ema : d.params;
+    size_t bytes = t->total * sizeof(float);
+    if (info) {
+        info->step = (long long)d.step;
+        info->used_ema = used_ema;
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (size_t off = 0; off < bytes; off += (size_t)1 << 30) {
+            size_t len = bytes - off < ((size_t)1 << 30) ? bytes - off : (size_t)1 << 30;
+            crc = crc32(crc, (const Bytef *)w + off, (uInt)len);
+        }
+        info->weights_crc = (uint32_t)crc;
+    }
+    ncsn_copy_to_device(be, ncsn_model_params(m), w, bytes);
     free(d.params);
     free(d.ema);
     free(d.sigmas);
@@ -120,14 +135,14 @@ int ncsn_cmd_score(int argc, char **argv) {
     const char *b = flag_value(argc, argv, "--batch");
     int chunk = b ? atoi(b) : 32;
     if (chunk <= 0) ncsn_die("score: --batch must be positive");
-    int use_ema = 0;
+    int use_ema = 0; /* the parameters unless --ema */
     for (int i = 0; i < argc; i++) use_ema |= !strcmp(argv[i], "--ema");
 
     ncsn_backend *be = ncsn_backend_create_from_name(flag_value(argc, argv, "--device"));
     const char *precision = flag_value(argc, argv, "--precision");
     ncsn_backend_set_precision(be, precision ? ncsn_precision_parse(precision, "--precision") : NCSN_PRECISION_FP32);
     ncsn_config cfg;
-    ncsn_model *m = ncsn_model_from_checkpoint(be, ckpt, flag_value(argc, argv, "--config"), use_ema, &cfg);
+    ncsn_model *m = ncsn_model_from_checkpoint(be, ckpt, flag_value(argc, argv, "--config"), use_ema, &cfg, NULL);
     int C, H, W;
     ncsn_model_input_shape(m, &C, &H, &W);
     int L = ncsn_model_num_levels(m);

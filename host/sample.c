@@ -44,7 +44,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "kernels/rng_math.h"
 #include "ncsn/checkpoint.h"
@@ -737,60 +736,17 @@ typedef struct {
     char step[32];        /* training step stored in the checkpoint */
 } loaded_model;
 
-/* Model-only load through checkpoint.h: the official tensors, or their EMA copies
+/* Model-only load (ncsn_model_from_checkpoint): the official tensors, or their EMA copies
  * ("ema.<key>") when asked (--ema) or by default when the file has them, as the v2 runner
  * samples with the EMA shadow. Adam state is ignored. The config is the checkpoint's own
  * unless --config is given. */
 static void load_model(loaded_model *lm, ncsn_backend *be, const char *path, const char *config_path, int ema) {
     memset(lm, 0, sizeof *lm);
-    ncsn_checkpoint_file f;
-    ncsn_checkpoint_open(&f, path);
-    if (config_path) {
-        ncsn_config_load(&lm->cfg, config_path);
-    } else {
-        const char *text = ncsn_checkpoint_config_text(&f);
-        if (!text) ncsn_die("%s: no config stored in the checkpoint; pass --config F.yml", path);
-        char origin[1100];
-        snprintf(origin, sizeof origin, "%s (stored config)", path);
-        ncsn_config_parse(&lm->cfg, text, origin);
-    }
-    lm->model = ncsn_model_create(be, &lm->cfg);
-    const ncsn_param_table *table = ncsn_model_table(lm->model);
-    const int L = ncsn_model_num_levels(lm->model);
-    const ncsn_arch arch = lm->cfg.model.arch;
-    const int has_buffer = arch == NCSN_ARCH_NCSNV2 || arch == NCSN_ARCH_NCSNV2_DEEPER || arch == NCSN_ARCH_NCSNV2_DEEPEST;
-
-    ncsn_checkpoint_data d;
-    memset(&d, 0, sizeof d);
-    d.params = ncsn_xmalloc(table->total * sizeof(float));
-    d.ema = ema != 0 ? ncsn_xmalloc(table->total * sizeof(float)) : NULL;
-    d.sigmas = has_buffer ? ncsn_xmalloc((size_t)L * sizeof(float)) : NULL;
-    d.num_levels = has_buffer ? L : 0;
-    ncsn_checkpoint_load(&f, table, &d, ema == 1 ? NCSN_CKPT_NEED_EMA : NCSN_CKPT_MODEL);
-    snprintf(lm->step, sizeof lm->step, "%lld", (long long)d.step);
-    lm->used_ema = ema != 0 && d.has_ema;
-
-    /* The levels the network was trained on must be the levels we anneal through. */
-    if (d.has_sigmas) {
-        const float *ms = ncsn_model_sigmas_host(lm->model);
-        for (int i = 0; i < L; i++)
-            if (fabsf(d.sigmas[i] - ms[i]) > 1e-6f * ms[i])
-                ncsn_die("%s: sigmas[%d] = %.9g in the checkpoint but %.9g from the config's schedule", path, i,
-                         (double)d.sigmas[i], (double)ms[i]);
-    }
-    const float *w = lm->used_ema ? d.ema : d.params;
-    size_t bytes = table->total * sizeof(float);
-    uLong crc = crc32(0L, Z_NULL, 0);
-    for (size_t off = 0; off < bytes; off += (size_t)1 << 30) {
-        size_t len = bytes - off < ((size_t)1 << 30) ? bytes - off : (size_t)1 << 30;
-        crc = crc32(crc, (const Bytef *)w + off, (uInt)len);
-    }
-    lm->weights_crc = (uint32_t)crc;
-    ncsn_copy_to_device(be, ncsn_model_params(lm->model), w, bytes);
-    free(d.params);
-    free(d.ema);
-    free(d.sigmas);
-    ncsn_checkpoint_close(&f);
+    ncsn_loaded_model_info info;
+    lm->model = ncsn_model_from_checkpoint(be, path, config_path, ema, &lm->cfg, &info);
+    snprintf(lm->step, sizeof lm->step, "%lld", info.step);
+    lm->used_ema = info.used_ema;
+    lm->weights_crc = info.weights_crc;
 }
 
 /* ---- files --------------------------------------------------------------------------- */

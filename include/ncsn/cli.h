@@ -15,14 +15,25 @@ int ncsn_cmd_bench_sampler(int argc, char **argv); /* host/sample.c */
 
 /* Shared by the commands (host/cmd_model.c). */
 #include <stddef.h>
+#include <stdint.h>
 #include "ncsn/backend.h"
 #include "ncsn/config.h"
 #include "ncsn/model.h"
+/* What ncsn_model_from_checkpoint loaded. */
+typedef struct {
+    long long step;       /* training steps completed when the checkpoint was written */
+    int used_ema;         /* the weights are the EMA shadow */
+    uint32_t weights_crc; /* CRC-32 of the loaded float32 weights (sample manifests) */
+} ncsn_loaded_model_info;
+
 /* Builds the network a checkpoint describes (its stored config, or config_path when
- * non-NULL) on be and loads its weights (the EMA copy when use_ema and present); the
- * stored sigmas buffer, when present, replaces the config's schedule. cfg is filled. */
-ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, const char *config_path,
-                                       int use_ema, ncsn_config *cfg);
+ * non-NULL) on be and loads its weights: ema = 1 the EMA copy (an error when absent),
+ * 0 the parameters, -1 the EMA copy when stored, else the parameters. A stored sigmas
+ * buffer must equal the config's schedule (1e-6 relative), else it is an error naming the
+ * level: the levels a network was trained on are the ones it is evaluated at. cfg is
+ * filled; info may be NULL. */
+ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, const char *config_path, int ema,
+                                       ncsn_config *cfg, ncsn_loaded_model_info *info);
 /* Runs `/usr/bin/python3 bench/torch_baseline.py --mode MODE --config F --batch B --json`
  * and returns 1 with its JSON line in `line`, or 0 (with a message) when it cannot run. */
 int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, char *line, size_t linelen);
