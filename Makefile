@@ -4,7 +4,10 @@
 #   make test-gpu   CUDA ops and model vs the CPU backend (skips, exit 0, without a GPU)
 #   make demo       the main job: toy + Fashion-MNIST training and sampling on the CPU
 #   make fixtures   regenerate tests/fixtures with the PyTorch reference (needs python3-torch)
-# Options: CUDA=0|1 (default: 1 when nvcc is found), CUDA_ARCH="80 90", DEBUG=1.
+# Options: CUDA=0|1 (default: 1 when nvcc is found), CUDA_ARCH="80 90", DEBUG=1,
+#   MPI=0|1 (default: 1 when mpicc is on PATH): share the rendezvous id through MPI_Bcast
+#   under mpirun (include/ncsn/comm.h); flags from `mpicc --showme:compile` / `--showme:link`
+#   (Open MPI; for MPICH pass MPI_CFLAGS=... MPI_LDLIBS=... from `mpicc -show`).
 
 CC      ?= gcc
 CUDA_HOME ?= /usr/local/cuda
@@ -12,6 +15,8 @@ NVCC    ?= $(CUDA_HOME)/bin/nvcc
 PYTHON  ?= /usr/bin/python3
 CUDA    ?= $(if $(wildcard $(NVCC)),1,0)
 CUDA_ARCH ?= 80 90
+MPICC   ?= mpicc
+MPI     ?= $(if $(shell command -v $(MPICC) 2>/dev/null),1,0)
 BUILD   ?= build
 
 # Debian 12 packages the build and tests need; `make deps` installs the missing ones.
@@ -42,6 +47,14 @@ CFLAGS  += -DNCSN_WITH_NCCL
 LDLIBS  += -lnccl
 OBJ_CUDA := $(CUDA_HOST_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
 GPU_TEST_BIN := $(patsubst tests/gpu/%.c,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_gpu_*.c))
+endif
+
+ifeq ($(MPI),1)
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile)
+MPI_LDLIBS := $(shell $(MPICC) --showme:link)
+$(if $(MPI_LDLIBS),,$(error MPI=1, but `$(MPICC) --showme:link` printed nothing: install Open MPI, or pass MPI_CFLAGS and MPI_LDLIBS, or MPI=0))
+CFLAGS  += -DNCSN_WITH_MPI $(MPI_CFLAGS)
+LDLIBS  += $(MPI_LDLIBS)
 endif
 
 OBJ := $(HOST_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) $(OBJ_CUDA)

@@ -1,6 +1,8 @@
-/* comm.c: the communicator (comm.h): rank discovery from launcher variables, the file and
- * TCP rendezvous, the no-op and shared-memory implementations, and the local launcher.
- * The NCCL implementation is in cuda_comm.c; this file dispatches to it.
+/* comm.c: the communicator (comm.h): rank discovery from launcher variables, the file,
+ * TCP and MPI rendezvous, the no-op and shared-memory implementations, and the local
+ * launcher. The NCCL implementation is in cuda_comm.c; this file dispatches to it.
+ * MPI (built with MPI=1, -DNCSN_WITH_MPI) is used for the rendezvous only: one MPI_Bcast
+ * of rank 0's id; the collectives themselves run on shm or NCCL.
  *
  * The shared-memory all-reduce (one machine, K processes, CPU backend)
  * One segment per communicator: a header (barrier words, the ranks' pids) and K + 1 slots
@@ -48,6 +50,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef NCSN_WITH_MPI
+#include <mpi.h>
+#endif
 
 #include "ncsn/comm.h"
 
@@ -510,17 +516,136 @@ static void tcp_receive(const char *spec, const char *host, const char *port, in
     }
 }
 
+/* ---- rendezvous: MPI ----------------------------------------------------------------- */
+
+/* 1 when an MPI launcher started this process: it sets one of these in every process it
+ * starts (Open MPI's mpirun; MPICH's and Intel MPI's Hydra; Slurm's srun --mpi=pmix). Only
+ * such a process may call MPI_Init: in any other, MPI_Init makes a one-rank "singleton"
+ * job (Open MPI 4 forks a helper daemon for it), which cannot match a world size > 1 and
+ * is never what a user of `ncsn train` wants. */
+static int launched_by_mpi(void) {
+    static const char *const names[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const char *v = getenv(names[i]);
+        if (v && *v) return 1;
+    }
+    return 0;
+}
+
+int ncsn_comm_mpi_compiled(void) {
+#ifdef NCSN_WITH_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef NCSN_WITH_MPI
+/* MPI_Finalize is ours to call only when ncsn called MPI_Init (a program that embeds
+ * libncsn may have initialised MPI itself); it runs when the last communicator whose
+ * rendezvous was mpi is destroyed. */
+static int mpi_initialised_by_ncsn;
+static int mpi_communicators;
+static char mpi_library[64]; /* "Open MPI v4.1.4": the first field of the library version */
+
+static void mpi_check(int rc, const char *call) {
+    if (rc == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "error code %d", rc);
+    COMM_DIE("MPI: %s failed: %s", call, text);
+}
+
+/* Our own copy of MPI_COMM_WORLD while the rendezvous runs (MPI_COMM_NULL otherwise): its
+ * messages cannot meet a host program's, and its errors return to us (to be named) instead
+ * of aborting inside the call. */
+static MPI_Comm mpi_world = MPI_COMM_NULL;
+
+/* MPI_Init unless MPI is up already, and the check that MPI's ranks are ncsn's. Called
+ * before rank 0 makes its segment or NCCL id, so that a mismatch (which mpirun answers by
+ * killing the job) leaves nothing behind; idempotent. */
+static void mpi_join(int rank, int world_size) {
+    if (mpi_world != MPI_COMM_NULL) return;
+    int initialised = 0, finalised = 0;
+    mpi_check(MPI_Finalized(&finalised), "MPI_Finalized");
+    if (finalised)
+        COMM_DIE("rendezvous mpi: MPI was finalised already in this process (when an earlier communicator was "
+                 "destroyed), and MPI cannot be initialised twice: use file: or tcp: for a second communicator");
+    mpi_check(MPI_Initialized(&initialised), "MPI_Initialized");
+    if (!initialised) {
+        /* FUNNELED: only this (the main) thread calls MPI, and only here and at destroy;
+         * the OpenMP threads never do. A library that provides less still serves these
+         * calls, so `provided` is not checked. */
+        int provided = 0;
+        mpi_check(MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+        mpi_initialised_by_ncsn = 1;
+    }
+    char version[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+    int version_len = 0;
+    mpi_check(MPI_Get_library_version(version, &version_len), "MPI_Get_library_version");
+    snprintf(mpi_library, sizeof mpi_library, "%.*s", (int)strcspn(version, ",\n\t"), version);
+    mpi_check(MPI_Comm_dup(MPI_COMM_WORLD, &mpi_world), "MPI_Comm_dup");
+    mpi_check(MPI_Comm_set_errhandler(mpi_world, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    int mpi_rank = -1, mpi_size = 0;
+    mpi_check(MPI_Comm_rank(mpi_world, &mpi_rank), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(mpi_world, &mpi_size), "MPI_Comm_size");
+    /* Every rank learns whether all agree, so that all stop here (not rank 0 later, killed
+     * by mpirun with its segment made) when one does not. */
+    int agree = mpi_rank == rank && mpi_size == world_size, all_agree = 0;
+    mpi_check(MPI_Allreduce(&agree, &all_agree, 1, MPI_INT, MPI_MIN, mpi_world), "MPI_Allreduce of the rank check");
+    if (!all_agree && agree)
+        COMM_DIE("rendezvous mpi: another rank's MPI rank or size differs from its launcher variables (see its "
+                 "message)");
+    if (!agree) {
+        ncsn_comm_env env;
+        ncsn_comm_env_read(&env);
+        COMM_DIE("rendezvous mpi: MPI_Comm_rank/MPI_Comm_size say rank %d of %d, but this process is rank %d of %d "
+                 "(from %s); under mpirun leave NCSN_RANK/NCSN_WORLD_SIZE unset, or use NCSN_RENDEZVOUS=file:PATH "
+                 "or tcp:HOST:PORT",
+                 mpi_rank, mpi_size, rank, world_size, env.source);
+    }
+}
+
+/* Rank 0's id to every rank. */
+static void mpi_exchange(int rank, int world_size, unsigned char id[NCSN_COMM_ID_BYTES]) {
+    mpi_join(rank, world_size);
+    mpi_check(MPI_Bcast(id, NCSN_COMM_ID_BYTES, MPI_BYTE, 0, mpi_world), "MPI_Bcast of the rendezvous id");
+    mpi_check(MPI_Comm_free(&mpi_world), "MPI_Comm_free"); /* sets mpi_world to MPI_COMM_NULL */
+}
+#endif
+
+/* NCSN_RENDEZVOUS as given, or "mpi" when it is unset in an MPI build under an MPI
+ * launcher (comm.h, "Rendezvous"); NULL when there is none. An mpi that cannot work is
+ * refused here, before rank 0 makes a segment or an NCCL id. */
+static const char *rendezvous_resolve(const char *spec) {
+    if (!spec || !*spec) return ncsn_comm_mpi_compiled() && launched_by_mpi() ? "mpi" : NULL;
+    if (!strcmp(spec, "mpi") && !ncsn_comm_mpi_compiled())
+        COMM_DIE("NCSN_RENDEZVOUS=mpi: this binary was built without MPI (make MPI=1)");
+    if (!strcmp(spec, "mpi") && !launched_by_mpi())
+        COMM_DIE("NCSN_RENDEZVOUS=mpi, but this process was not started by an MPI launcher (none of "
+                 "OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK is set): start the ranks with mpirun, or use "
+                 "file:PATH or tcp:HOST:PORT");
+    return spec;
+}
+
 void ncsn_rendezvous_exchange(const char *spec, int rank, int world_size, const char *tag,
                               unsigned char id[NCSN_COMM_ID_BYTES], double timeout_s) {
     NCSN_CHECKF(world_size >= 1 && rank >= 0 && rank < world_size, "rendezvous: rank %d of world size %d", rank,
                 world_size);
     NCSN_CHECKF(strlen(tag) < RDV_TAG_BYTES, "rendezvous: tag \"%s\" longer than %d bytes", tag, RDV_TAG_BYTES - 1);
     if (world_size == 1) return;
-    if (!spec || !*spec)
+    spec = rendezvous_resolve(spec);
+    if (!spec)
         COMM_DIE("world size %d needs a rendezvous: set NCSN_RENDEZVOUS=file:PATH (a path every rank sees) or "
-                 "tcp:HOST:PORT (rank 0's host)",
-                 world_size);
-    if (!strncmp(spec, "file:", 5)) {
+                 "tcp:HOST:PORT (rank 0's host)%s",
+                 world_size,
+                 ncsn_comm_mpi_compiled() ? ", or start the ranks with mpirun"
+                                          : ", or build with make MPI=1 and start the ranks with mpirun");
+    if (!strcmp(spec, "mpi")) {
+#ifdef NCSN_WITH_MPI
+        mpi_exchange(rank, world_size, id); /* rendezvous_resolve refuses mpi in a build without it */
+#endif
+    } else if (!strncmp(spec, "file:", 5)) {
         const char *path = spec + 5;
         if (!*path) COMM_DIE("rendezvous %s: empty path", spec);
         if (rank == 0) file_publish(path, world_size, tag, id);
@@ -531,7 +656,7 @@ void ncsn_rendezvous_exchange(const char *spec, int rank, int world_size, const 
         if (rank == 0) tcp_serve(spec, host, port, world_size, tag, id, timeout_s);
         else tcp_receive(spec, host, port, rank, world_size, tag, id, timeout_s);
     } else {
-        COMM_DIE("NCSN_RENDEZVOUS='%s': expected file:PATH or tcp:HOST:PORT", spec);
+        COMM_DIE("NCSN_RENDEZVOUS='%s': expected file:PATH or tcp:HOST:PORT (or mpi, under mpirun)", spec);
     }
 }
 
@@ -572,6 +697,8 @@ struct ncsn_comm {
     double timeout_s;
     /* nccl */
     ncsn_nccl *nccl;
+    /* 1 when the rendezvous went through MPI (MPI_Finalize at the last destroy) */
+    int used_mpi;
 };
 
 static float *shm_slot(ncsn_comm *c, int index) {
@@ -779,7 +906,10 @@ ncsn_comm *ncsn_comm_create(ncsn_backend *be) {
     c->timeout_s = env_seconds("NCSN_COMM_TIMEOUT", 1800.0);
     if (kind == COMM_NONE) return c;
 
-    const char *rendezvous = getenv("NCSN_RENDEZVOUS");
+    const char *rendezvous = c->world_size > 1 ? rendezvous_resolve(getenv("NCSN_RENDEZVOUS")) : NULL;
+#ifdef NCSN_WITH_MPI
+    if (rendezvous && !strcmp(rendezvous, "mpi")) mpi_join(c->rank, c->world_size);
+#endif
     const double rendezvous_timeout = env_seconds("NCSN_RENDEZVOUS_TIMEOUT", 600.0);
     char tag[RDV_TAG_BYTES];
     job_tag(tag, sizeof tag);
@@ -799,6 +929,13 @@ ncsn_comm *ncsn_comm_create(ncsn_backend *be) {
 #endif
     }
     if (c->world_size > 1) snprintf(c->rendezvous, sizeof c->rendezvous, "%s", rendezvous);
+#ifdef NCSN_WITH_MPI
+    if (c->world_size > 1 && !strcmp(rendezvous, "mpi")) {
+        c->used_mpi = 1;
+        mpi_communicators++;
+        snprintf(c->rendezvous, sizeof c->rendezvous, "mpi (MPI_Bcast, %s)", mpi_library);
+    }
+#endif
 
     /* Everyone is connected: the segment name and the rendezvous file are no longer needed,
      * and removing them now means no later run can pick up this run's id. */
@@ -827,6 +964,13 @@ void ncsn_comm_destroy(ncsn_comm *c) {
     }
 #if defined(NCSN_WITH_CUDA) && defined(NCSN_WITH_NCCL)
     if (c->kind == COMM_NCCL) ncsn_nccl_destroy(c->nccl);
+#endif
+#ifdef NCSN_WITH_MPI
+    /* Every rank gets here (destroy is collective), as MPI_Finalize requires. */
+    if (c->used_mpi && --mpi_communicators == 0 && mpi_initialised_by_ncsn) {
+        mpi_check(MPI_Finalize(), "MPI_Finalize");
+        mpi_initialised_by_ncsn = 0;
+    }
 #endif
     free(c);
 }

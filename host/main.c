@@ -4,6 +4,7 @@
 
 #include "ncsn/backend.h"
 #include "ncsn/cli.h"
+#include "ncsn/comm.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -14,14 +15,15 @@ static void usage(FILE *f) {
             "            [--ema|--no-ema] [--shard i/M] [--sampler ald|langevin|pc|inpaint|interp] [--step-lr X]\n"
             "            [--n-steps-each T] [--denoise|--no-denoise] [--snr X] [--init uniform|gaussian|data]\n"
             "            [--data PATH] [--per-ref R] [--n-interp K] [--nrow K] [--max-batches K]\n"
-            "            [--precision fp32|tf32|bf16] (default: bf16 on the CPU, tf32 on CUDA)\n"
+            "            [--precision fp32|tf32|bf16] (default: bf16)\n"
             "            (a toy checkpoint writes F.npy points or an F.png scatter plot: data / Langevin / annealed)\n"
             "  score     --checkpoint C --input x.npy --labels y.npy --out s.npy [--device D] [--precision P]\n"
             "  info      --config F.yml [--no-table]\n"
             "  sigmas    --data PATH [--config F] [--subset N] [--T 5]\n"
             "  bench     model|train|sampler --config F --batch B [--device D] [--no-torch|--no-baseline]\n"
-            "CUDA backend compiled in: %s\n",
-            ncsn_backend_cuda_compiled() ? "yes" : "no");
+            "CUDA backend compiled in: %s\n"
+            "MPI rendezvous compiled in: %s\n",
+            ncsn_backend_cuda_compiled() ? "yes" : "no", ncsn_comm_mpi_compiled() ? "yes" : "no");
 }
 
 typedef struct {

@@ -22,7 +22,8 @@
  * sees the same draws as on one device. tests/test_comm.c checks the property on the CPU
  * backend's dsm_loss gradient with 1, 2 and 3 ranks.
  *
- * Launching (rank and world size come from environment variables; no MPI library needed)
+ * Launching (rank and world size come from environment variables, so no MPI library is
+ * needed; a build with MPI=1 also uses MPI for the rendezvous, below)
  *   ncsn train ... --nproc K            K ranks on this machine (ncsn_comm_spawn_local).
  *   mpirun -np K ncsn train ...         Open MPI: OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK.
  *   srun -n K ncsn train ...            Slurm: SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID.
@@ -34,10 +35,27 @@
  * No variable set: one process, rank 0. The local rank (the rank's index on its machine)
  * defaults to the global rank.
  *
- * Rendezvous: how ranks find each other (NCSN_RENDEZVOUS, needed when world size > 1)
+ * Rendezvous: how ranks find each other (NCSN_RENDEZVOUS, needed when world size > 1,
+ * except under an MPI launcher in a build with MPI)
  * Rank 0 creates a 128-byte id (NCCL: ncclGetUniqueId, which also starts NCCL's bootstrap
  * listener in rank 0's process; shm: the name of the shared-memory segment) and the other
  * ranks receive it out of band:
+ *   mpi            MPI_Bcast from rank 0 over a duplicate of MPI_COMM_WORLD. The default
+ *                  when NCSN_RENDEZVOUS is unset, the binary was built with MPI=1
+ *                  (-DNCSN_WITH_MPI; ncsn_comm_mpi_compiled) and an MPI launcher started
+ *                  the process: one of OMPI_COMM_WORLD_SIZE (Open MPI's mpirun), PMI_SIZE
+ *                  (MPICH / Intel MPI Hydra, srun --mpi=pmi2) or PMIX_RANK (srun
+ *                  --mpi=pmix) is set. MPI_Init_thread (FUNNELED) runs in ncsn_comm_create
+ *                  unless MPI is initialised already, never in a process no MPI launcher
+ *                  started (an explicit NCSN_RENDEZVOUS=mpi there is an error), and never
+ *                  for one process. MPI_Comm_rank/_size must equal the rank and world size
+ *                  from the variables above (else a one-line error naming both). MPI_Finalize
+ *                  runs when the last communicator that used MPI is destroyed, and only if
+ *                  ncsn initialised MPI; a caller of ncsn_rendezvous_exchange alone
+ *                  finalises MPI itself. MPI does not time out (NCSN_RENDEZVOUS_TIMEOUT does
+ *                  not apply); a rank that dies makes mpirun end the job. MPI carries only
+ *                  the id: the collectives run on shm or NCCL. A build without MPI refuses
+ *                  NCSN_RENDEZVOUS=mpi ("built without MPI (make MPI=1)").
  *   file:PATH      Rank 0 writes PATH atomically (PATH.tmp.<pid>, fsync, rename, fsync of
  *                  the directory); the others poll every 50 ms. PATH must be on a
  *                  filesystem every rank sees (NFS, Lustre; any local path for --nproc).
@@ -49,7 +67,7 @@
  *                  HOST:PORT, retrying until rank 0 is up. HOST is rank 0's host name or
  *                  address as the other ranks see it, e.g. tcp:$(hostname):29500 under
  *                  mpirun, or the first host of `scontrol show hostnames` under Slurm.
- * Both wait at most NCSN_RENDEZVOUS_TIMEOUT seconds (default 600) and then fail with a
+ * file and tcp wait at most NCSN_RENDEZVOUS_TIMEOUT seconds (default 600) and then fail with a
  * message naming the rendezvous and what was missing. Job tag: NCSN_RUN_ID (set by
  * ncsn_comm_spawn_local), else SLURM_JOB_ID.SLURM_STEP_ID, else Open MPI's job id
  * (PMIX_NAMESPACE or OMPI_MCA_ess_base_jobid); a file or a TCP peer with another tag
@@ -157,6 +175,9 @@ typedef struct {
  * NCSN_WORLD_SIZE=4, or only one variable of a pair set). */
 void ncsn_comm_env_read(ncsn_comm_env *env);
 
+/* 1 when this library was built with MPI (make MPI=1): the mpi rendezvous is available. */
+int ncsn_comm_mpi_compiled(void);
+
 /* Narrows CUDA_VISIBLE_DEVICES to this rank's GPU (see "GPUs"); does nothing for one
  * process. Must run before the first CUDA call of the process. */
 void ncsn_comm_bind_local_gpu(void);
@@ -194,8 +215,10 @@ void ncsn_comm_barrier(ncsn_comm *comm);
 int ncsn_comm_spawn_local(int nproc, int argc, char **argv);
 
 /* The rendezvous alone (used by ncsn_comm_create; public for tests and other tools):
- * rank 0 publishes id, every other rank receives it into id. spec is "file:PATH" or
- * "tcp:HOST:PORT"; tag is the job tag ("" for none); fatal after timeout_s seconds. */
+ * rank 0 publishes id, every other rank receives it into id. spec is "file:PATH",
+ * "tcp:HOST:PORT" or "mpi"; NULL or "" means mpi under an MPI launcher in an MPI build, else
+ * an error. tag is the job tag ("" for none; mpi ignores it); file and tcp are fatal after
+ * timeout_s seconds. */
 void ncsn_rendezvous_exchange(const char *spec, int rank, int world_size, const char *tag,
                               unsigned char id[NCSN_COMM_ID_BYTES], double timeout_s);
 
