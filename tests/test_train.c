@@ -55,11 +55,7 @@
 #include "tests/harness.h"
 #include "tests/train_support.h"
 
-static char g_root[256]; /* the test's temporary folder */
-
 /* ---- files and processes ------------------------------------------------------------- */
-
-static void path_in(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", g_root, name); }
 
 static int file_exists(const char *path) {
     struct stat st;
@@ -75,12 +71,7 @@ static pid_t spawn_train(const char *log, char *const args[]) {
         exit(1);
     }
     if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) _exit(99);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        setenv("NCSN_PROGRESS", "plain", 1);
+        child_log_to(log);
         /* One thread: the runs compare bit for bit among themselves (a fixed thread count
          * fixes the reduction order), and a 2-core machine shared with other jobs turns
          * OpenMP barriers into a 20x slowdown. NCSN_TEST_THREADS=N overrides. */

@@ -54,21 +54,7 @@
 #define TENSOR_REL 1e-4
 #define PARAM_ABS_LR 1e-2
 
-static char g_root[256];
 static char g_ncsn[PATH_MAX];
-
-static void path_in(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", g_root, name); }
-
-/* The ncsn binary of this build: the test runs as BUILD/tests/test_train_dp. */
-static int find_ncsn(void) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return 0;
-    self[n] = 0;
-    char *dir = dirname(self); /* BUILD/tests */
-    snprintf(g_ncsn, sizeof g_ncsn, "%s/../ncsn", dir);
-    return access(g_ncsn, X_OK) == 0;
-}
 
 /* Runs `ncsn train ARGS...` with stdout and stderr to `log`; returns the exit status. */
 static int run_ncsn_train(const char *log, char *const args[]) {
@@ -91,12 +77,7 @@ static int run_ncsn_train(const char *log, char *const args[]) {
         exit(1);
     }
     if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) _exit(99);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        setenv("NCSN_PROGRESS", "plain", 1);
+        child_log_to(log);
         /* One thread per rank: a fixed reduction order, and no oversubscription on 2 cores. */
         setenv("OMP_NUM_THREADS", "1", 1);
         unsetenv("NCSN_RANK");
@@ -250,7 +231,7 @@ int main(void) {
     /* NCSN_TEST_DP_DEVICE=cuda: the same checks with one GPU per rank and NCCL (run by
      * `make test-gpu` when at least two GPUs are visible). */
     char *device = getenv("NCSN_TEST_DP_DEVICE") ? getenv("NCSN_TEST_DP_DEVICE") : "cpu";
-    if (!find_ncsn()) {
+    if (!find_ncsn(g_ncsn, sizeof g_ncsn)) {
         printf("cannot find the ncsn binary beside this test (%s): build it with `make`\n", g_ncsn);
         return 1;
     }

@@ -41,20 +41,7 @@
 
 #define RUN_TIMEOUT_S 50.0
 
-static char g_root[256];
 static char g_ncsn[PATH_MAX];
-
-static void path_in(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", g_root, name); }
-
-/* BUILD/ncsn, from this test's own path BUILD/tests/test_train_mpi. */
-static int locate_ncsn(void) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return 0;
-    self[n] = 0;
-    snprintf(g_ncsn, sizeof g_ncsn, "%s/../ncsn", dirname(self));
-    return access(g_ncsn, X_OK) == 0;
-}
 
 /* The first executable `name` on PATH into out; 0 when there is none. */
 static int find_on_path(const char *name, char *out, size_t size) {
@@ -83,15 +70,10 @@ static int run_logged(const char *log, char *const argv[], char *const extra[]) 
     }
     if (pid == 0) {
         setpgid(0, 0);
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) _exit(99);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
+        child_log_to(log);
         static const char *const cleared[] = {"NCSN_RANK", "NCSN_WORLD_SIZE", "NCSN_LOCAL_RANK", "NCSN_RENDEZVOUS",
                                               "NCSN_RUN_ID", "NCSN_COMM"};
         for (size_t i = 0; i < sizeof cleared / sizeof cleared[0]; i++) unsetenv(cleared[i]);
-        setenv("NCSN_PROGRESS", "plain", 1);
         setenv("OMP_NUM_THREADS", "1", 1);
         setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
         setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
@@ -193,7 +175,7 @@ static void expect_outcome(const char *what, const char *log, int rc, int want, 
 }
 
 int main(void) {
-    if (!locate_ncsn()) {
+    if (!find_ncsn(g_ncsn, sizeof g_ncsn)) {
         printf("cannot find the ncsn binary beside this test (%s): build it with `make`\n", g_ncsn);
         return 1;
     }

@@ -1,16 +1,47 @@
-/* train_support.h: files the training tests (test_train.c, test_train_dp.c) write and read. */
+/* train_support.h: what the training tests (test_train.c, test_train_dp.c, test_train_mpi.c)
+ * share: their temporary folder, the ncsn binary, child logs, and the files they write and read. */
 #ifndef NCSN_TEST_TRAIN_SUPPORT_H
 #define NCSN_TEST_TRAIN_SUPPORT_H
 
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/rng_math.h"
 #include "ncsn/io.h"
+
+static char g_root[256]; /* the test's temporary folder */
+
+static inline void path_in(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", g_root, name); }
+
+/* The ncsn binary of this build into out: the tests run as BUILD/tests/test_x. 0 when it
+ * is not there (built without `make`). */
+static inline int find_ncsn(char *out, size_t size) {
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 0;
+    self[n] = 0;
+    snprintf(out, size, "%s/../ncsn", dirname(self));
+    return access(out, X_OK) == 0;
+}
+
+/* In a forked child: stdout and stderr to `log` (exit 99 when it cannot be opened), plain
+ * progress lines. */
+static inline void child_log_to(const char *log) {
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) _exit(99);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+    setenv("NCSN_PROGRESS", "plain", 1);
+}
 
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
