@@ -64,12 +64,7 @@ static int file_exists(const char *path) {
 
 /* Starts `ncsn train ARGS...` in a child with stderr (and stdout) to `log`; returns its pid. */
 static pid_t spawn_train(const char *log, char *const args[]) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        printf("fork failed: %s\n", strerror(errno));
-        exit(1);
-    }
+    pid_t pid = fork_or_exit();
     if (pid == 0) {
         child_log_to(log);
         /* One thread: the runs compare bit for bit among themselves (a fixed thread count
@@ -706,11 +701,7 @@ static void test_step_pieces(void) {
 }
 
 int main(void) {
-    snprintf(g_root, sizeof g_root, "/tmp/ncsn_test_train_XXXXXX");
-    if (!mkdtemp(g_root)) {
-        printf("mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    make_test_root("train");
     printf("workdirs under %s\n", g_root);
     char data28[512];
     path_in(data28, sizeof data28, "images28.npy");

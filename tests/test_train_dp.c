@@ -70,12 +70,7 @@ static int run_ncsn_train(const char *log, char *const args[]) {
         argv[argc++] = args[i];
     }
     argv[argc] = NULL;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        printf("fork failed: %s\n", strerror(errno));
-        exit(1);
-    }
+    pid_t pid = fork_or_exit();
     if (pid == 0) {
         child_log_to(log);
         /* One thread per rank: a fixed reduction order, and no oversubscription on 2 cores. */
@@ -235,11 +230,7 @@ int main(void) {
         printf("cannot find the ncsn binary beside this test (%s): build it with `make`\n", g_ncsn);
         return 1;
     }
-    snprintf(g_root, sizeof g_root, "/tmp/ncsn_test_train_dp_XXXXXX");
-    if (!mkdtemp(g_root)) {
-        printf("mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    make_test_root("train_dp");
     printf("binary %s, device %s; workdirs under %s\n", g_ncsn, device, g_root);
     char cfg[512], data[512], w1[512], w2[512], log[512];
     path_in(cfg, sizeof cfg, "v2_28.yml");

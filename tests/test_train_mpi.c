@@ -62,12 +62,7 @@ static int find_on_path(const char *name, char *out, size_t size) {
  * In its own process group, killed with the whole group after RUN_TIMEOUT_S (mpirun and
  * its ranks included). Returns the exit status, 128 + signal, or -1 on a timeout. */
 static int run_logged(const char *log, char *const argv[], char *const extra[]) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        printf("fork failed: %s\n", strerror(errno));
-        exit(1);
-    }
+    pid_t pid = fork_or_exit();
     if (pid == 0) {
         setpgid(0, 0);
         child_log_to(log);
@@ -179,11 +174,7 @@ int main(void) {
         printf("cannot find the ncsn binary beside this test (%s): build it with `make`\n", g_ncsn);
         return 1;
     }
-    snprintf(g_root, sizeof g_root, "/tmp/ncsn_test_train_mpi_XXXXXX");
-    if (!mkdtemp(g_root)) {
-        printf("mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    make_test_root("train_mpi");
     printf("binary %s; workdirs under %s\n", g_ncsn, g_root);
     char cfg[512], data[512], log[512];
     path_in(cfg, sizeof cfg, "v2_28.yml");

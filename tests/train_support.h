@@ -32,6 +32,26 @@ static inline int find_ncsn(char *out, size_t size) {
     return access(out, X_OK) == 0;
 }
 
+/* g_root = a fresh /tmp/ncsn_test_<name>_XXXXXX; exits 1 with a message if it cannot. */
+static inline void make_test_root(const char *name) {
+    snprintf(g_root, sizeof g_root, "/tmp/ncsn_test_%s_XXXXXX", name);
+    if (!mkdtemp(g_root)) {
+        printf("mkdtemp failed: %s\n", strerror(errno));
+        exit(1);
+    }
+}
+
+/* fork(), flushing stdout first (the child would print the buffer again); exits on failure. */
+static inline pid_t fork_or_exit(void) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        printf("fork failed: %s\n", strerror(errno));
+        exit(1);
+    }
+    return pid;
+}
+
 /* In a forked child: stdout and stderr to `log` (exit 99 when it cannot be opened), plain
  * progress lines. */
 static inline void child_log_to(const char *log) {
