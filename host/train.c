@@ -881,8 +881,11 @@ int ncsn_train(const ncsn_train_options *o) {
                     o->config_path, r->B, env.world_size, r->B);
     ncsn_comm_bind_local_gpu();
     r->be = ncsn_backend_create_from_name(o->device ? o->device : "auto");
-    ncsn_backend_set_precision(r->be, o->precision ? ncsn_precision_parse(o->precision, "--precision")
-                                                   : NCSN_PRECISION_FP32);
+    ncsn_precision precision = o->precision ? ncsn_precision_parse(o->precision, "--precision") : NCSN_PRECISION_FP32;
+    if (env.rank == 0)
+        ncsn_backend_set_precision(r->be, precision); /* prints the start-up line once */
+    else
+        r->be->precision = precision;
     const int on_cpu = r->be->kind == NCSN_DEVICE_CPU;
     r->comm = ncsn_comm_create(r->be);
     r->K = ncsn_comm_world_size(r->comm);
