@@ -11,9 +11,12 @@
  *          the NCCL collective on the comm stream. The compute stream is free to go on.
  *   wait:  record `reduced` on the comm stream; the compute stream waits for it.
  * Neither blocks the host. With one start followed by one wait this is the backend
- * stream's own order; with several starts during the backward (comm.h's overlap recipe)
- * NCCL runs alongside the remaining backward kernels. The pattern (fork and join through
- * events) is capturable in a CUDA graph, as are NCCL collectives.
+ * stream's own order; with several starts during the backward (host/grad_sync.c starts
+ * each gradient bucket from the model's grad-ready hook as soon as it is final) NCCL
+ * reduces the buckets alongside the remaining backward kernels: `ready` is re-recorded at
+ * each start, and cudaStreamWaitEvent waits for the record current at its call, so each
+ * bucket waits for exactly the kernels enqueued before its hook call. The pattern (fork
+ * and join through events) is capturable in a CUDA graph, as are NCCL collectives.
  *
  * Every NCCL call goes through NCCL_CHECK, which prints ncclGetErrorString and the
  * communicator's last error text (the detail: which peer, which transport) with the call

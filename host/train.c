@@ -22,6 +22,7 @@
 #include "ncsn/checkpoint.h"
 #include "ncsn/cli.h"
 #include "ncsn/data.h"
+#include "ncsn/grad_sync.h"
 #include "ncsn/io.h"
 #include "ncsn/progress.h"
 #include "ncsn/sample.h"
@@ -50,6 +51,7 @@ struct ncsn_trainer {
     int32_t *labels;
     int32_t *labels_host; /* staging memory (ncsn_host_alloc): uploaded asynchronously */
     ncsn_fence *uploaded; /* recorded after the step's uploads (ncsn_trainer_wait_upload) */
+    ncsn_grad_sync *grad_sync; /* world size > 1: bucketed gradient all-reduce; NULL otherwise */
     ncsn_ssm *ssm_state;
 };
 
@@ -154,6 +156,10 @@ void ncsn_trainer_free(ncsn_trainer *t) {
     ncsn_ssm_free(t->ssm_state);
     ncsn_host_free(be, t->labels_host);
     ncsn_fence_destroy(be, t->uploaded);
+    if (t->grad_sync) {
+        ncsn_model_set_grad_ready_hook(t->m, NULL, NULL); /* the model outlives the trainer */
+        ncsn_grad_sync_destroy(t->grad_sync);
+    }
     free(t);
 }
 
@@ -165,6 +171,14 @@ void ncsn_trainer_set_comm(ncsn_trainer *t, ncsn_comm *comm) {
     t->comm = comm;
     t->global_B = t->B * K;
     t->first_row = rank * t->B;
+    if (K > 1 && !t->grad_sync) {
+        t->grad_sync = ncsn_grad_sync_create(comm, t->be, ncsn_model_grads(t->m), t->P,
+                                             NCSN_GRAD_SYNC_DEFAULT_BUCKET_BYTES);
+        /* DSM: one backward per step, whose hook starts each bucket once its gradients are
+         * final (NCCL reduces it while the earlier layers' backward runs). SSM's three
+         * backwards accumulate: no hook; finish reduces the whole buffer after the third. */
+        if (!t->ssm) ncsn_model_set_grad_ready_hook(t->m, ncsn_grad_sync_hook, t->grad_sync);
+    }
 }
 
 float *ncsn_trainer_adam_m(ncsn_trainer *t) { return t->adam_m; }
@@ -266,15 +280,17 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
         ncsn_model_backward(m, NULL, t->dscore);
     }
 
+    /* 3b. Data parallel: each rank's gradient is that of the mean loss over its slice; their
+     *     mean over ranks (equal slices) is the gradient of the global-batch mean loss. The
+     *     reduction runs in ~25 MiB buckets started during the backward as soon as their
+     *     gradients are final (grad_sync.h; NCCL overlaps them with the rest of the
+     *     backward, shm reduces them on the spot); finish completes the last ones. */
+    float *grads = ncsn_model_grads(m);
+    if (t->grad_sync) ncsn_grad_sync_finish(t->grad_sync);
+
     /* 4. Optional gradient-norm clipping (torch.nn.utils.clip_grad_norm_, as score_sde):
      *    coef = max_norm / (norm + 1e-6), applied when below 1. The norm stays in backend
      *    memory and the clip kernel reads it there: no host synchronisation. */
-    float *grads = ncsn_model_grads(m);
-    /* 3b. Data parallel: each rank's gradient is that of the mean loss over its slice; their
-     *     mean over ranks (equal slices) is the gradient of the global-batch mean loss. One
-     *     reduction of the whole buffer: on the CPU (shm) there is nothing to overlap it with;
-     *     the bucketed, overlapped form for NCCL is described in comm.h. */
-    if (t->comm && ncsn_comm_world_size(t->comm) > 1) ncsn_comm_allreduce_mean(t->comm, be, grads, t->P);
     if (cfg->training.grad_clip > 0.0) {
         ncsn_sum_squares(be, t->grad_norm2, grads, t->P);
         ncsn_clip_by_norm(be, grads, t->P, t->grad_norm2, (float)cfg->training.grad_clip);

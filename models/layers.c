@@ -71,6 +71,42 @@ static void sub_name(char *sub, const char *fmt, ...) {
     NCSN_CHECKF(len > 0 && len < NCSN_MAX_NAME, "module name too long (format '%s')", fmt);
 }
 
+/* ---- gradient progress (layers.h; model.h's grad-ready hook) -------------------------- */
+
+void grad_progress_mark(grad_progress *p, param_range r) {
+    NCSN_CHECKF(r.begin <= r.end && r.end <= p->first_final,
+                "model backward: parameters [%zu, %zu) reported final, but [%zu, end) already is (reported twice?)",
+                r.begin, r.end, p->first_final);
+    if (r.begin == r.end) return;
+    /* Merge r with the pending ranges it touches. An overlap means a range was reported
+     * twice: a bug in a backward call list. */
+    for (int i = 0; i < p->n_pending;) {
+        const param_range q = p->pending[i];
+        NCSN_CHECKF(q.end <= r.begin || r.end <= q.begin,
+                    "model backward: parameters [%zu, %zu) reported final twice (overlap with [%zu, %zu))", r.begin,
+                    r.end, q.begin, q.end);
+        if (q.end == r.begin || r.end == q.begin) {
+            r.begin = q.begin < r.begin ? q.begin : r.begin;
+            r.end = q.end > r.end ? q.end : r.end;
+            p->pending[i] = p->pending[--p->n_pending];
+            i = 0; /* the grown range may now touch one already passed */
+        } else {
+            i++;
+        }
+    }
+    /* Every pending range that touched r is merged into it, so r either extends the final
+     * suffix (and nothing pending is left adjacent to the new suffix) or waits. */
+    if (r.end == p->first_final) {
+        p->first_final = r.begin;
+        p->ready(p->ctx, r.begin);
+    } else {
+        NCSN_CHECKF(p->n_pending < GRAD_PROGRESS_MAX_PENDING,
+                    "model backward: more than %d separate final parameter ranges wait for the suffix",
+                    GRAD_PROGRESS_MAX_PENDING);
+        p->pending[p->n_pending++] = r;
+    }
+}
+
 /* ---- convolution (nn.Conv2d, stride 1, "same" padding) ------------------------------- */
 
 void conv_build(net_builder *b, conv_layer *l, const char *name, int C, int K, int ksize, int dilation,
@@ -84,8 +120,10 @@ void conv_build(net_builder *b, conv_layer *l, const char *name, int C, int K, i
     l->W = W;
     const int fan_in = C * ksize * ksize;
     const int64_t wshape[4] = {K, C, ksize, ksize}, bshape[1] = {K};
+    l->params.begin = builder_mark(b);
     l->w = builder_param(b, PARAM_INIT_UNIFORM, fan_in, 4, wshape, "%s.weight", name);
     l->b = has_bias ? builder_param(b, PARAM_INIT_UNIFORM, fan_in, 1, bshape, "%s.bias", name) : NCSN_NO_PARAM;
+    l->params.end = builder_mark(b);
     b->macs += (double)K * C * ksize * ksize * H * W;
 }
 
@@ -121,6 +159,7 @@ void norm_build(net_builder *b, norm_layer *l, const char *name, int conditional
     l->C = C;
     l->H = H;
     l->W = W;
+    l->params.begin = builder_mark(b);
     if (conditional) {
         /* nn.Embedding(L, 3C): row y = [gamma | alpha | beta] of level y. */
         const int64_t shape[2] = {b->L, 3 * C};
@@ -137,6 +176,7 @@ void norm_build(net_builder *b, norm_layer *l, const char *name, int conditional
         l->beta = builder_param(b, PARAM_INIT_ZERO, 0, 1, shape, "%s.beta", name);
         l->stride = 0;
     }
+    l->params.end = builder_mark(b);
     /* NCSN_NORM_STATS_COUNT(N, C) = N * (3C + 1): linear in N, so it is a slot. */
     l->stats = builder_act(b, 3 * (size_t)C + 1);
 }
@@ -176,6 +216,7 @@ void res_block_build(net_builder *b, res_block *r, const char *name, int conditi
                      int down, int dilation, int H, int W) {
     char sub[NCSN_MAX_NAME];
     memset(r, 0, sizeof *r);
+    r->params.begin = builder_mark(b);
     const int dil = dilation ? dilation : 1;
     r->Cin = Cin;
     r->Cout = Cout;
@@ -222,6 +263,7 @@ void res_block_build(net_builder *b, res_block *r, const char *name, int conditi
     }
     sub_name(sub, "%s.normalize1", name);
     norm_build(b, &r->norm1, sub, conditional, Cin, H, W);
+    r->params.end = builder_mark(b);
 
     r->a1 = builder_act(b, plane(Cin, H, W));
     r->h1 = builder_act(b, plane(r->Cmid, H, W));
@@ -302,6 +344,7 @@ void rcu_build(net_builder *b, rcu_block *r, const char *name, int conditional, 
     r->n_blocks = n_blocks;
     r->conditional = conditional;
     r->in_place = in_place;
+    r->params.begin = builder_mark(b);
     const size_t P = plane(C, H, W);
     /* Keys "<block>_<stage>_norm", "<block>_<stage>_conv", 1-based, norm before conv. */
     for (int i = 0; i < n_blocks; i++) {
@@ -321,6 +364,7 @@ void rcu_build(net_builder *b, rcu_block *r, const char *name, int conditional, 
     }
     if (!conditional && !in_place) r->out[0] = builder_act(b, P);
     builder_temp(b, P);
+    r->params.end = builder_mark(b);
 }
 
 static float *rcu_output(const layer_ctx *c, const rcu_block *r, float *x) {
@@ -400,6 +444,7 @@ void crp_build(net_builder *b, crp_block *r, const char *name, int conditional, 
     r->H = H;
     r->W = W;
     r->conditional = conditional;
+    r->params.begin = builder_mark(b);
     for (int i = 0; i < 2; i++) {
         sub_name(sub, "%s.convs.%d", name, i);
         conv_build(b, &r->convs[i], sub, F, F, 3, 1, 0, H, W);
@@ -409,6 +454,7 @@ void crp_build(net_builder *b, crp_block *r, const char *name, int conditional, 
             sub_name(sub, "%s.norms.%d", name, i);
             norm_build(b, &r->norms[i], sub, 1, F, H, W);
         }
+    r->params.end = builder_mark(b);
     const size_t P = plane(F, H, W);
     r->p[0] = builder_act(b, P);
     r->p[1] = builder_act(b, P);
@@ -496,6 +542,7 @@ void msf_build(net_builder *b, msf_block *r, const char *name, int conditional, 
     r->H = H;
     r->W = W;
     r->conditional = conditional;
+    r->params.begin = builder_mark(b);
     for (int i = 0; i < n_in; i++) {
         r->Cin[i] = Cin[i];
         r->Hin[i] = Hin[i];
@@ -511,6 +558,7 @@ void msf_build(net_builder *b, msf_block *r, const char *name, int conditional, 
             norm_build(b, &r->norms[i], sub, 1, Cin[i], Hin[i], Win[i]);
             r->n[i] = builder_act(b, plane(Cin[i], Hin[i], Win[i]));
         }
+    r->params.end = builder_mark(b);
     r->out = builder_act(b, plane(F, H, W));
     builder_temp(b, plane(F, H, W));
 }
@@ -618,13 +666,19 @@ void refine_block_backward(const layer_ctx *c, const refine_block *r, float *d, 
     float *hs[2] = {NULL, NULL}, *crp_in = NULL;
     refine_block_inner(c, r, xs, hs, &crp_in);
     rcu_backward(c, &r->out_rcu, d, ctx_slot(c, r->crp.out));
+    grads_final(c, r->out_rcu.params);
     crp_backward(c, &r->crp, d, crp_in);
+    grads_final(c, r->crp.params);
     if (r->start) {
         NCSN_CHECKF(dxs[0] == d, "start RefineBlock: its input gradient is computed in place");
     } else {
         msf_backward(c, &r->msf, dxs, d, hs);
+        grads_final(c, r->msf.params);
     }
-    for (int i = 0; i < r->n_in; i++) rcu_backward(c, &r->adapt[i], dxs[i], xs[i]);
+    for (int i = 0; i < r->n_in; i++) {
+        rcu_backward(c, &r->adapt[i], dxs[i], xs[i]);
+        grads_final(c, r->adapt[i].params);
+    }
 }
 
 /* ---- the RefineNet trunk ---------------------------------------------------------------- */
@@ -647,6 +701,9 @@ void refinenet_build(net_builder *b, refinenet *n, int conditional, int divide_b
     conv_build(b, &n->begin_conv, "begin_conv", C, ngf, 3, 1, 1, H, W);
     norm_build(b, &n->normalizer, "normalizer", conditional, ngf, H, W);
     conv_build(b, &n->end_conv, "end_conv", ngf, C, 3, 1, 1, H, W);
+    n->head_params.begin = n->normalizer.params.begin;
+    n->head_params.end = n->end_conv.params.end;
+    NCSN_CHECK(n->normalizer.params.end == n->end_conv.params.begin);
 
     /* Encoder: residual stages of two blocks each. */
     int Cc = ngf, Hc = H, Wc = W;
@@ -759,6 +816,7 @@ void refinenet_backward(const layer_ctx *c, const refinenet *n, float *dx, const
     int cur = 0;
     norm_elu_backward(c, &n->normalizer, ctx_slot(c, n->dref[cur]), 0, c->tmp[1], a,
                       refine_block_output(c, &n->refine[nc - 1]));
+    grads_final(c, n->head_params);
 
     /* Decoder, last to first: each RefineBlock writes d(encoder layer) and d(previous
      * RefineBlock output); the encoder layers' gradients are completed by the stages. */
@@ -781,13 +839,16 @@ void refinenet_backward(const layer_ctx *c, const refinenet *n, float *dx, const
     for (int s = nc - 1; s >= 0; s--) {
         const float *dout = (s == nc - 1) ? dtop : ctx_slot(c, n->dlayer[s]);
         res_block_backward(c, &n->res[s][1], dstage, 0, dout, ctx_slot(c, n->res[s][0].out));
+        grads_final(c, n->res[s][1].params);
         const float *in = s > 0 ? layer_output(c, n, s - 1) : ctx_slot(c, n->begin_out);
         float *din = s > 0 ? ctx_slot(c, n->dlayer[s - 1]) : dbegin;
         res_block_backward(c, &n->res[s][0], din, s > 0, dstage, in);
+        grads_final(c, n->res[s][0].params);
     }
 
     float *dh0 = dx ? ctx_slot(c, n->dh0) : NULL;
     conv_backward(c, &n->begin_conv, dh0, 0, dbegin, ctx_slot(c, n->h0));
+    grads_final(c, n->begin_conv.params);
     if (dx) {
         if (n->centre_input) ncsn_scale_shift(c->be, dx, dh0, 2.0f, 0.0f, n_in);
         else ncsn_copy(c->be, dx, dh0, n_in * sizeof(float));

@@ -36,6 +36,13 @@
 
 typedef size_t act_slot;
 
+/* The parameters of a layer or block: elements [begin, end) of the parameter buffer (and,
+ * at the same offsets, of the gradient buffer). A block registers its tensors
+ * consecutively, so one range covers them all. */
+typedef struct {
+    size_t begin, end;
+} param_range;
+
 /* ---- construction ------------------------------------------------------------------- */
 
 /* How ncsn_model_init fills a tensor (TEAM.md "Parameter initialisation convention"). */
@@ -70,12 +77,33 @@ size_t builder_param(net_builder *b, param_init_kind kind, int fan_in, int ndim,
     __attribute__((format(printf, 6, 7)))
 #endif
     ;
+/* The current end of the parameter table: a block's range is [mark before, mark after). */
+static inline size_t builder_mark(const net_builder *b) { return b->table->total; }
 /* A slot of `floats` per example in the arena. */
 act_slot builder_act(net_builder *b, size_t floats);
 /* Records that a block uses scratch tensors of `floats` per example. */
 void builder_temp(net_builder *b, size_t floats);
 
 /* ---- run time ----------------------------------------------------------------------- */
+
+/* Gradient progress of one backward, for model.h's grad-ready hook.
+ * Each backward call list reports, right after the last op that adds to a block's
+ * parameter gradients, that the block's range is final (grads_final). The tracker joins
+ * the reported ranges into the final suffix [first_final, total) of the gradient buffer
+ * and calls the hook whenever that suffix grows. Table order is forward (registration)
+ * order and the backward runs in reverse, so most ranges extend the suffix at once; those
+ * that finish before a range above them (the head: normalizer and end_conv are registered
+ * right after begin_conv; a RefineBlock's output_convs before its msf and crp; Deepest's
+ * refine3 before refine31) wait in `pending` until the gap above them is final too. */
+#define GRAD_PROGRESS_MAX_PENDING 8
+
+typedef struct {
+    ncsn_grad_ready_fn ready;
+    void *ctx;
+    size_t first_final; /* [first_final, total) is final and has been reported */
+    int n_pending;
+    param_range pending[GRAD_PROGRESS_MAX_PENDING]; /* final, not adjacent to the suffix; disjoint */
+} grad_progress;
 
 typedef struct {
     ncsn_backend *be;
@@ -85,9 +113,17 @@ typedef struct {
     int N_planned;          /* slot stride */
     const int32_t *labels;  /* N level indices (backend memory, a copy in the arena) */
     float *tmp[3];          /* shared scratch, builder max_temp floats per example each */
+    grad_progress *progress; /* backward only; NULL when no grad-ready hook is set */
 } layer_ctx;
 
 static inline float *ctx_slot(const layer_ctx *c, act_slot s) { return c->arena + (size_t)c->N_planned * s; }
+
+void grad_progress_mark(grad_progress *p, param_range r);
+/* Called by a backward once no later op of it adds to the gradients in r. Without a
+ * hook it costs one branch. */
+static inline void grads_final(const layer_ctx *c, param_range r) {
+    if (c->progress) grad_progress_mark(c->progress, r);
+}
 
 /* ---- primitive layers --------------------------------------------------------------- */
 
@@ -95,6 +131,7 @@ static inline float *ctx_slot(const layer_ctx *c, act_slot s) { return c->arena 
 typedef struct {
     size_t w, b; /* b = NCSN_NO_PARAM: no bias */
     int C, K, ksize, dilation, H, W;
+    param_range params;
 } conv_layer;
 
 /* InstanceNorm2dPlus (conditional: ConditionalInstanceNorm2dPlus, parameters in the
@@ -104,6 +141,7 @@ typedef struct {
     int stride; /* 0 unconditional, 3C conditional */
     int C, H, W;
     act_slot stats;
+    param_range params;
 } norm_layer;
 
 void conv_build(net_builder *b, conv_layer *l, const char *name, int C, int K, int ksize, int dilation,
@@ -133,6 +171,7 @@ typedef struct {
     norm_layer norm1, norm2;
     conv_layer conv1, conv2, shortcut_conv;
     act_slot a1, h1, a2, out; /* ELU(norm1 x), conv1 out, ELU(norm2 h1), block output */
+    param_range params;
 } res_block;
 
 void res_block_build(net_builder *b, res_block *r, const char *name, int conditional, int Cin, int Cout,
@@ -154,6 +193,7 @@ typedef struct {
     act_slot e[NCSN_MAX_RCU_BLOCKS][2]; /* ELU outputs = conv inputs */
     act_slot c[NCSN_MAX_RCU_BLOCKS];    /* v1: first conv output (input of the second norm) */
     act_slot out[NCSN_MAX_RCU_BLOCKS];  /* v1: per block; v2: out[0] is the chain (unless in place) */
+    param_range params;
 } rcu_block;
 
 void rcu_build(net_builder *b, rcu_block *r, const char *name, int conditional, int in_place, int C,
@@ -171,6 +211,7 @@ typedef struct {
     conv_layer convs[2];
     norm_layer norms[2];
     act_slot p[2], c0, out; /* pooled (conv inputs), first conv output, block output */
+    param_range params;
 } crp_block;
 
 void crp_build(net_builder *b, crp_block *r, const char *name, int conditional, int F, int H, int W);
@@ -186,6 +227,7 @@ typedef struct {
     conv_layer convs[2];
     act_slot n[2]; /* v1: normalised inputs (conv inputs) */
     act_slot out;
+    param_range params;
 } msf_block;
 
 void msf_build(net_builder *b, msf_block *r, const char *name, int conditional, int n_in, const int *Cin,
@@ -210,7 +252,8 @@ float *refine_block_forward(const layer_ctx *c, const refine_block *r, float *co
 /* Where the block's output lives after its forward. */
 float *refine_block_output(const layer_ctx *c, const refine_block *r);
 /* d: d(out) on entry (destroyed). dxs[i] receive d(xs[i]) (overwritten); for a start block
- * dxs[0] must be d itself (the chain runs in place). xs: the forward's inputs. */
+ * dxs[0] must be d itself (the chain runs in place). xs: the forward's inputs. Reports each
+ * part's parameters final (grads_final) as it is done. */
 void refine_block_backward(const layer_ctx *c, const refine_block *r, float *d, float *const *dxs,
                            float *const *xs);
 
@@ -238,6 +281,7 @@ typedef struct {
     norm_layer normalizer;
     res_block res[NCSN_MAX_CASCADES][2];
     refine_block refine[NCSN_MAX_CASCADES]; /* forward order: refine[0] takes the deepest layer */
+    param_range head_params;                /* normalizer and end_conv (adjacent in the table) */
     act_slot h0, begin_out, head_a, head_out; /* model input, begin_conv out, ELU(normalizer), end_conv out (v2) */
     /* gradient slots */
     act_slot dlayer[NCSN_MAX_CASCADES], dref[2], dstage, dbegin, dh0;
@@ -265,6 +309,7 @@ typedef struct {
     int C, hidden;
     conv_layer lin1, lin2, lin3;
     size_t embed1, embed2; /* [L, hidden] per-level bias tables */
+    param_range embed1_params, embed2_params;
     act_slot h0, a1, a2, out;
 } toy_net;
 

@@ -33,6 +33,9 @@ struct ncsn_model {
     /* the network */
     refinenet rn;
     toy_net toy;
+    /* grad-ready hook (model.h); NULL: none */
+    ncsn_grad_ready_fn grad_ready;
+    void *grad_ready_ctx;
 };
 
 static const char *arch_class_name(ncsn_arch arch) {
@@ -197,6 +200,7 @@ static layer_ctx model_ctx(ncsn_model *m, int N) {
     c.N_planned = m->planned_N;
     c.labels = (const int32_t *)ctx_slot(&c, m->labels_slot);
     for (int i = 0; i < 3; i++) c.tmp[i] = ctx_slot(&c, m->tmp_slot[i]);
+    c.progress = NULL;
     return c;
 }
 
@@ -219,8 +223,21 @@ void ncsn_model_forward(ncsn_model *m, float *score, const float *x, const int32
 void ncsn_model_backward(ncsn_model *m, float *dx, const float *dscore) {
     NCSN_CHECKF(m->last_N > 0, "ncsn_model_backward: no forward since the arena was planned");
     layer_ctx c = model_ctx(m, m->last_N);
+    grad_progress progress = {.ready = m->grad_ready, .ctx = m->grad_ready_ctx, .first_final = m->table.total};
+    if (m->grad_ready) c.progress = &progress;
     if (m->arch == NCSN_ARCH_TOY) toy_backward(&c, &m->toy, dx, dscore, m->sigmas);
     else refinenet_backward(&c, &m->rn, dx, dscore, m->sigmas);
+    /* Every block must have reported its parameters, so the last call was with 0: a
+     * listener that all-reduces in buckets relies on it. */
+    if (m->grad_ready)
+        NCSN_CHECKF(progress.first_final == 0 && progress.n_pending == 0,
+                    "model backward: only [%zu, %zu) of the gradients were reported final (%d ranges pending)",
+                    progress.first_final, m->table.total, progress.n_pending);
+}
+
+void ncsn_model_set_grad_ready_hook(ncsn_model *m, ncsn_grad_ready_fn fn, void *ctx) {
+    m->grad_ready = fn;
+    m->grad_ready_ctx = fn ? ctx : NULL;
 }
 
 void ncsn_model_zero_grads(ncsn_model *m) {

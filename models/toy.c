@@ -20,8 +20,10 @@ void toy_build(net_builder *b, toy_net *t, const ncsn_config *cfg) {
     const int64_t table_shape[2] = {L, Hd};
     conv_build(b, &t->lin1, "lin1", C, Hd, 1, 1, 1, 1, 1);
     t->embed1 = builder_param(b, PARAM_INIT_UNIFORM, C, 2, table_shape, "embed1.weight");
+    t->embed1_params = (param_range){t->embed1, builder_mark(b)};
     conv_build(b, &t->lin2, "lin2", Hd, Hd, 1, 1, 1, 1, 1);
     t->embed2 = builder_param(b, PARAM_INIT_UNIFORM, Hd, 2, table_shape, "embed2.weight");
+    t->embed2_params = (param_range){t->embed2, builder_mark(b)};
     conv_build(b, &t->lin3, "lin3", Hd, C, 1, 1, 1, 1, 1);
     t->h0 = builder_act(b, (size_t)C);
     t->a1 = builder_act(b, (size_t)Hd);
@@ -51,10 +53,15 @@ void toy_backward(const layer_ctx *c, const toy_net *t, float *dx, const float *
     float *df = c->tmp[0], *dh2 = c->tmp[1], *dh1 = c->tmp[2];
     ncsn_divide_by_sigma(c->be, df, dscore, sigmas, c->labels, c->N, (size_t)t->C);
     conv_backward(c, &t->lin3, dh2, 0, df, a2);
+    grads_final(c, t->lin3.params);
     ncsn_elu_backward(c->be, dh2, dh2, a2, nh);
     ncsn_label_bias_backward_accumulate(c->be, c->grads + t->embed2, dh2, c->labels, c->N, t->hidden, 1);
+    grads_final(c, t->embed2_params);
     conv_backward(c, &t->lin2, dh1, 0, dh2, a1);
+    grads_final(c, t->lin2.params);
     ncsn_elu_backward(c->be, dh1, dh1, a1, nh);
     ncsn_label_bias_backward_accumulate(c->be, c->grads + t->embed1, dh1, c->labels, c->N, t->hidden, 1);
+    grads_final(c, t->embed1_params);
     conv_backward(c, &t->lin1, dx, 0, dh1, h0);
+    grads_final(c, t->lin1.params);
 }

@@ -108,12 +108,12 @@
  * - ncsn_comm_barrier: returns on a rank only after every rank has entered it (e.g. the
  *   others wait while rank 0 writes a checkpoint). It does not wait for `be`'s queue.
  *
- * Overlapping the gradient all-reduce with the backward (CUDA; the recipe, not yet used)
- * The backward runs from the network's output to its input, so the parameter gradients
- * of the LAST table entries (contiguous at the end of the one gradient buffer) are final
- * first. The trainer walks the backward and, each time the final region since the last
- * launch reaches B bytes (25 MiB, PyTorch DDP's default, is a good start), calls
- * ncsn_comm_allreduce_mean_start(comm, be, grads + off, count). On CUDA that records an
+ * Overlapping the gradient all-reduce with the backward (include/ncsn/grad_sync.h, used by
+ * the trainer) The backward runs from the network's output to its input, so the parameter
+ * gradients of the LAST table entries (contiguous at the end of the one gradient buffer)
+ * are final first; the model's grad-ready hook reports each suffix that is. Each time the
+ * final region since the last launch reaches B bytes (25 MiB, PyTorch DDP's default),
+ * grad_sync calls ncsn_comm_allreduce_mean_start(comm, be, grads + off, count). On CUDA that records an
  * event on the backend's compute stream, makes the comm's own stream wait for it, and
  * enqueues ncclAllReduce there: NCCL reduces that region while the compute stream goes on
  * with the earlier layers. After the backward, the remainder is started, then
@@ -137,8 +137,8 @@
  * refuses NCSN_COMM=nccl (and the CUDA backend with world size > 1) with that advice.
  *
  * The trainer's side: shard every global batch by rank (equal slices, global example
- * indices for the random draws), reduce the loss and the gradient buffer with
- * ncsn_comm_allreduce_mean once per step, broadcast the parameters (and on resume the
+ * indices for the random draws), reduce the gradient buffer once per step in buckets
+ * during the backward (grad_sync.h) and the logged losses at log points, broadcast the parameters (and on resume the
  * optimiser state) from rank 0 at start, write checkpoints and print on rank 0 only with
  * a barrier after each checkpoint. Checkpoints do not depend on the world size, so a run
  * resumes on any GPU count with the same global batch.

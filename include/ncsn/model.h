@@ -79,6 +79,26 @@ void ncsn_model_forward(ncsn_model *m, float *score, const float *x, const int32
 void ncsn_model_backward(ncsn_model *m, float *dx, const float *dscore);
 void ncsn_model_zero_grads(ncsn_model *m);
 
+/* Gradient-ready hook: lets a data-parallel trainer all-reduce gradients while the rest of
+ * the backward runs (grad_sync.h; PyTorch DDP's bucket hooks).
+ * During ncsn_model_backward, fn(ctx, first_final) is called each time the final region
+ * of the gradient buffer grows: elements [first_final, table.total) hold their final value
+ * for this backward (no later op of it adds to them). Within one backward first_final
+ * strictly decreases, and the last call is with 0 (every gradient final). The backward
+ * runs from the output to the input and the table is in forward order, so the region is
+ * a suffix that grows block by block: each residual block, each part of a RefineBlock
+ * (output RCU, CRP, MSF, adapt RCUs), the head, begin_conv; the toy MLP per layer. Parts
+ * that finish before a part above them in the table (the head, a RefineBlock's output
+ * RCU, NCSNv2Deepest's refine3) are included once the gap above them is final.
+ * The call happens when the ops are ENQUEUED: on the CUDA backend the region is final in
+ * the backend's stream order (ops enqueued after the call see it), not yet on the host;
+ * on the CPU backend it is final on return of those ops.
+ * The gradients accumulate: set the hook only while the LAST backward before the
+ * gradients are used runs (not for the first two of the SSM loss's three backwards).
+ * fn = NULL removes it (the default); without a hook the backward does nothing extra. */
+typedef void (*ncsn_grad_ready_fn)(void *ctx, size_t first_final);
+void ncsn_model_set_grad_ready_hook(ncsn_model *m, ncsn_grad_ready_fn fn, void *ctx);
+
 /* Multiply-accumulates of the convolutions of one forward for one example. */
 double ncsn_model_conv_macs(const ncsn_model *m);
 /* Prints the architecture summary, the tensor table and "parameters: N". */
