@@ -194,7 +194,8 @@ static void read_idx(ncsn_dataset *ds, const char *path, const ncsn_data_config 
 
 /* torchvision keeps the files in <root>/<Name>/raw; the Debian package and the original
  * distribution keep them flat. The plain file wins over .gz when both are present. */
-static void find_idx_file(char *out, const char *root, const char *dataset_name, int train) {
+/* The split's IDX file under root, in torchvision's places; 0 when there is none. */
+static int locate_idx_file(char *out, const char *root, const char *dataset_name, int train) {
     const char *stem = train ? "train-images-idx3-ubyte" : "t10k-images-idx3-ubyte";
     char dirs[3][PATH_CAP];
     snprintf(dirs[0], PATH_CAP, "%s", root);
@@ -206,11 +207,17 @@ static void find_idx_file(char *out, const char *root, const char *dataset_name,
         char gz_name[128];
         snprintf(gz_name, sizeof gz_name, "%s.gz", stem);
         join_path(out, dirs[d], stem);
-        if (is_file(out)) return;
+        if (is_file(out)) return 1;
         join_path(out, dirs[d], gz_name);
-        if (is_file(out)) return;
+        if (is_file(out)) return 1;
     }
-    ncsn_die("%s: no %s[.gz] here, in raw/ or in %s/raw/", root, stem, dataset_name);
+    return 0;
+}
+
+static void find_idx_file(char *out, const char *root, const char *dataset_name, int train) {
+    if (!locate_idx_file(out, root, dataset_name, train))
+        ncsn_die("%s: no %s-images-idx3-ubyte[.gz] here, in raw/ or in %s/raw/", root, train ? "train" : "t10k",
+                 dataset_name);
 }
 
 /* ---- CIFAR-10 binary batches ----------------------------------------------------------- */
@@ -245,6 +252,12 @@ static void read_cifar_file(const char *path, uint8_t *hwc, size_t records) {
     fclose(fp);
 }
 
+/* The folder holding the batch files: root/cifar-10-batches-bin/ or root itself. */
+static void cifar_dir(char *dir, const char *root) {
+    join_path(dir, root, "cifar-10-batches-bin");
+    if (!is_dir(dir)) snprintf(dir, PATH_CAP, "%s", root);
+}
+
 static void read_cifar(ncsn_dataset *ds, const char *root, int train, const ncsn_data_config *dc) {
     char files[5][PATH_CAP];
     int nfiles;
@@ -253,8 +266,7 @@ static void read_cifar(ncsn_dataset *ds, const char *root, int train, const ncsn
         nfiles = 1;
     } else {
         char dir[PATH_CAP];
-        join_path(dir, root, "cifar-10-batches-bin");
-        if (!is_dir(dir)) snprintf(dir, PATH_CAP, "%s", root);
+        cifar_dir(dir, root);
         nfiles = train ? 5 : 1;
         for (int i = 0; i < nfiles; i++) {
             char name[32];
@@ -621,19 +633,25 @@ static void read_folder(ncsn_dataset *ds, const char *dir, const ncsn_data_confi
 
 /* torchvision's CelebA: root/celeba/img_align_celeba/<name>.jpg and root/celeba/list_eval_partition.txt
  * with lines "000001.jpg 0" (0 train, 1 valid, 2 test). */
-static void read_celeba(ncsn_dataset *ds, const char *root, int train, const ncsn_data_config *dc) {
-    char images[PATH_CAP], parent[PATH_CAP], partition[PATH_CAP];
+/* The image folder and the partition file's path (which may not exist) under root. */
+static void celeba_locate(const char *root, char *images, char *partition) {
+    char parent[PATH_CAP];
     join_path(images, root, "img_align_celeba");
     if (!is_dir(images)) {
         join_path(parent, root, "celeba");
         join_path(images, parent, "img_align_celeba");
         if (!is_dir(images)) snprintf(images, PATH_CAP, "%s", root);
     }
-    if (!is_dir(images)) ncsn_die("%s: not a folder of CelebA images", root);
-    set_path(ds, images);
     join_path(parent, images, "..");
     join_path(partition, parent, "list_eval_partition.txt");
     if (!is_file(partition)) join_path(partition, images, "list_eval_partition.txt");
+}
+
+static void read_celeba(ncsn_dataset *ds, const char *root, int train, const ncsn_data_config *dc) {
+    char images[PATH_CAP], partition[PATH_CAP];
+    celeba_locate(root, images, partition);
+    if (!is_dir(images)) ncsn_die("%s: not a folder of CelebA images", root);
+    set_path(ds, images);
 
     path_list list = {0};
     if (is_file(partition)) {
@@ -683,6 +701,34 @@ static void make_toy(ncsn_dataset *ds, const ncsn_data_config *dc, int train, ui
 }
 
 /* ---- dispatch ----------------------------------------------------------------------------- */
+
+int ncsn_dataset_has_test_split(const ncsn_data_config *dc, const char *path) {
+    int which = find_dataset(dc->dataset);
+    if (which < 0) return 0;
+    data_kind kind = DATASETS[which].kind;
+    if (!path || !*path) path = ncsn_dataset_default_path(dc->dataset);
+    if (kind == DATA_TOY) return path == NULL; /* generated: split 1 is its own draw */
+    if (!path || !is_dir(path)) return 0;      /* one file (.npy, IDX, batch) is one split */
+    char a[PATH_CAP], b[PATH_CAP];
+    switch (kind) {
+    case DATA_MNIST:
+    case DATA_FASHION_MNIST: return locate_idx_file(a, path, DATASETS[which].name, 0);
+    case DATA_CIFAR10:
+        cifar_dir(a, path);
+        join_path(b, a, "test_batch.bin");
+        return is_file(b);
+    case DATA_CELEBA:
+        celeba_locate(path, a, b);
+        return is_file(b);
+    case DATA_LSUN: {
+        char name[96];
+        snprintf(name, sizeof name, "%s_val", dc->category);
+        join_path(a, path, name);
+        return dc->category[0] && is_dir(a);
+    }
+    default: return 0; /* FOLDER, FFHQ, NPY: one set of images */
+    }
+}
 
 void ncsn_dataset_open(ncsn_dataset *ds, const ncsn_data_config *dc, const char *path, int train, uint64_t seed) {
     memset(ds, 0, sizeof *ds);

@@ -52,6 +52,7 @@ struct ncsn_trainer {
     int32_t *labels_host; /* staging memory (ncsn_host_alloc): uploaded asynchronously */
     ncsn_fence *uploaded; /* recorded after the step's uploads (ncsn_trainer_wait_upload) */
     ncsn_grad_sync *grad_sync; /* world size > 1: bucketed gradient all-reduce; NULL otherwise */
+    float *param_backup;       /* the parameters while the EMA weights stand in (lazily allocated) */
     ncsn_ssm *ssm_state;
 };
 
@@ -61,10 +62,24 @@ static float *alloc_floats(ncsn_backend *be, size_t count, const char *what) {
     return p;
 }
 
-int32_t ncsn_train_label(uint64_t seed, long step, int n, int L) {
+/* The keyed streams of one batch: a training step draws from the training purposes with
+ * step = the update index, a test evaluation from the test purposes with step = the
+ * evaluation index (train.h), so evaluating never consumes a training draw. */
+typedef struct {
+    uint32_t labels, noise, dequant;
+} batch_draws;
+
+static const batch_draws TRAIN_DRAWS = {NCSN_RNG_LABELS, NCSN_RNG_NOISE, NCSN_RNG_DEQUANT};
+static const batch_draws TEST_DRAWS = {NCSN_RNG_TEST_LABELS, NCSN_RNG_TEST_NOISE, NCSN_RNG_TEST_DEQUANT};
+
+static int32_t draw_label(uint64_t seed, uint32_t purpose, long step, int n, int L) {
     /* Lemire's multiply-shift: floor(u * L / 2^32), bias below L / 2^32 (< 1e-6). */
-    uint32_t u = ncsn_rng_u32(seed, NCSN_RNG_LABELS, (uint32_t)n, (uint32_t)step, 0);
+    uint32_t u = ncsn_rng_u32(seed, purpose, (uint32_t)n, (uint32_t)step, 0);
     return (int32_t)(((uint64_t)u * (uint64_t)L) >> 32);
+}
+
+int32_t ncsn_train_label(uint64_t seed, long step, int n, int L) {
+    return draw_label(seed, NCSN_RNG_LABELS, step, n, L);
 }
 
 double ncsn_trainer_lr(const ncsn_config *cfg, long step) {
@@ -149,7 +164,8 @@ void ncsn_trainer_free(ncsn_trainer *t) {
     if (!t) return;
     ncsn_backend *be = t->be;
     float *buffers[] = {t->adam_m, t->adam_v, t->adam_vmax, t->ema,    t->x,      t->x_noisy, t->noise,
-                        t->tmp,    t->score,  t->dscore,    t->loss,   t->slices, t->grad_norm2};
+                        t->tmp,    t->score,  t->dscore,    t->loss,   t->slices, t->grad_norm2,
+                        t->param_backup};
     for (size_t k = 0; k < sizeof buffers / sizeof buffers[0]; k++)
         if (buffers[k]) ncsn_free(be, buffers[k]);
     ncsn_free(be, t->labels);
@@ -216,14 +232,13 @@ static void flip_batch_host(float *x, int B, int global_B, int first_row, int C,
 }
 
 /* data_transform on the backend (ncsnv2 datasets/__init__.py; v1 AnnealRunner.train). */
-static void preprocess(ncsn_trainer *t, long step) {
+static void preprocess(ncsn_trainer *t, long step, uint32_t first_example, uint32_t dequant_purpose) {
     ncsn_backend *be = t->be;
     size_t BD = (size_t)t->B * t->D;
-    uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->global_B + (uint64_t)t->first_row);
     if (t->uniform_dequant) {
         /* x / 256 * 255 + U[0,1) / 256, in the float32 operation order of
          * ncsn_dequantize_element: x * (255/256) rounded once, u / 256 exact, sum rounded. */
-        ncsn_fill_uniform(be, t->tmp, t->B, t->D, t->seed, NCSN_RNG_DEQUANT, first_example, (uint32_t)step);
+        ncsn_fill_uniform(be, t->tmp, t->B, t->D, t->seed, dequant_purpose, first_example, (uint32_t)step);
         ncsn_scale_shift(be, t->tmp, t->tmp, 1.0f / 256.0f, 0.0f, BD);
         ncsn_scale_shift(be, t->x, t->x, 255.0f / 256.0f, 0.0f, BD);
         ncsn_accumulate(be, t->x, t->tmp, BD);
@@ -231,7 +246,7 @@ static void preprocess(ncsn_trainer *t, long step) {
     if (t->gaussian_dequant) {
         /* X + 0.01 N(0, I); the example index's top bit keeps this stream apart from the
          * uniform one, which shares the purpose. */
-        ncsn_fill_normal(be, t->tmp, t->B, t->D, t->seed, NCSN_RNG_DEQUANT, first_example | 0x80000000u,
+        ncsn_fill_normal(be, t->tmp, t->B, t->D, t->seed, dequant_purpose, first_example | 0x80000000u,
                          (uint32_t)step);
         ncsn_scale_shift(be, t->tmp, t->tmp, 0.01f, 0.0f, BD);
         ncsn_accumulate(be, t->x, t->tmp, BD);
@@ -243,30 +258,41 @@ static void preprocess(ncsn_trainer *t, long step) {
     }
 }
 
-double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
+/* Steps 1 and 2 of a training step, and of a test evaluation (with its own draws):
+ * 1. batch and labels: one uniform level index per example (torch.randint(0, L, (B,))),
+ *    keyed by the example's global position so any number of ranks draws the same levels;
+ * 2. data_transform, then the perturbation x~ = x + sigma_y z (anneal_dsm_score_estimation).
+ * `step` keys the draws: the update index, or the evaluation index. */
+static void prepare_batch(ncsn_trainer *t, float *x_host, long step, const batch_draws *draws) {
     NCSN_CHECK(step >= 0 && step < 0xffffffffL);
     ncsn_backend *be = t->be;
-    ncsn_model *m = t->m;
-    const ncsn_config *cfg = t->cfg;
     size_t BD = (size_t)t->B * t->D;
     /* Global example index of this rank's first row (train.h: g = s*B + n, B global). */
     uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->global_B + (uint64_t)t->first_row);
-
-    /* 1. Batch and labels: one uniform level index per example (torch.randint(0, L, (B,))),
-     *    keyed by the example's global position so any number of ranks draws the same levels. */
-    if (t->flip) flip_batch_host(x_host, t->B, t->global_B, t->first_row, t->C, t->H, t->W, t->seed, step);
-    for (int n = 0; n < t->B; n++) t->labels_host[n] = ncsn_train_label(t->seed, step, t->first_row + n, t->L);
+    for (int n = 0; n < t->B; n++)
+        t->labels_host[n] = draw_label(t->seed, draws->labels, step, t->first_row + n, t->L);
     /* From staging memory on CUDA (the loader's pinned buffers, labels_host): asynchronous;
      * the fence tells the caller when x_host and labels_host may be rewritten. */
     ncsn_copy_to_device(be, t->x, x_host, BD * sizeof(float));
     ncsn_copy_to_device(be, t->labels, t->labels_host, (size_t)t->B * sizeof(int32_t));
     ncsn_fence_record(be, t->uploaded);
-    preprocess(t, step);
+    preprocess(t, step, first_example, draws->dequant);
+    ncsn_fill_normal(be, t->noise, t->B, t->D, t->seed, draws->noise, first_example, (uint32_t)step);
+    ncsn_noise_inject(be, t->x_noisy, t->x, t->noise, ncsn_model_sigmas(t->m), t->labels, t->B, t->D);
+}
 
-    /* 2. Perturbation x~ = x + sigma_y z (anneal_dsm_score_estimation). */
+double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
+    NCSN_CHECK(step >= 0 && step < 0xffffffffL);
+    ncsn_backend *be = t->be;
+    ncsn_model *m = t->m;
+    const ncsn_config *cfg = t->cfg;
+    uint32_t first_example = (uint32_t)((uint64_t)step * (uint64_t)t->global_B + (uint64_t)t->first_row);
     const float *sigmas = ncsn_model_sigmas(m);
-    ncsn_fill_normal(be, t->noise, t->B, t->D, t->seed, NCSN_RNG_NOISE, first_example, (uint32_t)step);
-    ncsn_noise_inject(be, t->x_noisy, t->x, t->noise, sigmas, t->labels, t->B, t->D);
+
+    /* 1-2. Random flips (torchvision RandomHorizontalFlip, training only), then the batch,
+     *      labels, transforms and perturbation. */
+    if (t->flip) flip_batch_host(x_host, t->B, t->global_B, t->first_row, t->C, t->H, t->W, t->seed, step);
+    prepare_batch(t, x_host, step, &TRAIN_DRAWS);
 
     /* 3. Loss and gradients. zero_grad before the forward is the runner's zero_grad before
      *    backward: nothing reads the gradients in between. */
@@ -309,6 +335,32 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step) {
     ncsn_adam_step(be, ncsn_model_params(m), grads, t->adam_m, t->adam_v, t->adam_vmax, t->P, &hp);
     if (t->ema) ncsn_ema_update(be, t->ema, ncsn_model_params(m), t->P, (float)cfg->model.ema_rate);
     return lr;
+}
+
+void ncsn_trainer_use_ema_weights(ncsn_trainer *t, int on) {
+    NCSN_CHECKF(t->ema, "train: model.ema is off: there are no EMA weights");
+    size_t bytes = t->P * sizeof(float);
+    float *params = ncsn_model_params(t->m);
+    if (on) {
+        if (!t->param_backup) t->param_backup = alloc_floats(t->be, t->P, "parameter backup");
+        ncsn_copy(t->be, t->param_backup, params, bytes);
+        ncsn_copy(t->be, params, t->ema, bytes);
+    } else {
+        ncsn_copy(t->be, params, t->param_backup, bytes);
+    }
+}
+
+void ncsn_trainer_test_loss(ncsn_trainer *t, float *x_host, long eval_index, float *loss_host) {
+    NCSN_CHECKF(!t->ssm, "train: the test loss is a DSM loss; training.algo ssm has none");
+    ncsn_backend *be = t->be;
+    prepare_batch(t, x_host, eval_index, &TEST_DRAWS);
+    /* ncsnv2 NCSNRunner.train evaluates with ema_helper.ema_copy(score) when model.ema;
+     * v1 with the network itself. No gradient: dscore NULL, the backward never runs. */
+    if (t->ema) ncsn_trainer_use_ema_weights(t, 1);
+    ncsn_model_forward(t->m, t->score, t->x_noisy, t->labels, t->B);
+    ncsn_dsm_loss(be, t->loss, NULL, t->score, t->noise, ncsn_model_sigmas(t->m), t->labels, t->B, t->D);
+    if (t->ema) ncsn_trainer_use_ema_weights(t, 0);
+    ncsn_copy_to_host(be, loss_host, t->loss, (size_t)t->B * sizeof(float)); /* synchronises */
 }
 
 void ncsn_trainer_read_loss(ncsn_trainer *t, float *loss_host, int32_t *labels_host) {
@@ -486,6 +538,9 @@ typedef struct {
     long log_freq, snapshot_freq;
     ncsn_loader_state loader_state; /* after the last batch consumed */
     char last_good[4096];           /* newest checkpoint written or resumed from ("" = none) */
+    long test_freq;                 /* 0: no test loss */
+    double test_loss;               /* the last evaluation's mean over the global test batch */
+    long test_step;                 /* the step it was computed at (0: none yet) */
     char metrics_path[4096];
 } train_run;
 
@@ -638,7 +693,19 @@ static void write_metrics(const train_run *r, const window_stats *s, double lr, 
     fprintf(f, "], \"examples\": %ld, \"lr\": %.9g", s->examples, lr);
     double grad_norm = ncsn_trainer_grad_norm(r->t); /* NAN unless clipping; a sync at a log point */
     if (isfinite(grad_norm)) fprintf(f, ", \"grad_norm\": %.9g", grad_norm);
+    if (r->test_step == r->step) fprintf(f, ", \"test_loss\": %.9g", r->test_loss);
     fprintf(f, ", \"steps_per_s\": %.6g, \"elapsed\": %.3f, \"time\": %.3f}\n", rate, elapsed,
+            (double)now.tv_sec + 1e-9 * (double)now.tv_nsec);
+    if (fclose(f) != 0) ncsn_die("%s: write failed: %s", r->metrics_path, strerror(errno));
+}
+
+/* A metrics.jsonl line for a test evaluation at a step that is not a log point. */
+static void write_test_metrics(const train_run *r) {
+    FILE *f = fopen(r->metrics_path, "a");
+    if (!f) ncsn_die("%s: %s", r->metrics_path, strerror(errno));
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    fprintf(f, "{\"step\": %ld, \"test_loss\": %.9g, \"time\": %.3f}\n", r->step, r->test_loss,
             (double)now.tv_sec + 1e-9 * (double)now.tv_nsec);
     if (fclose(f) != 0) ncsn_die("%s: write failed: %s", r->metrics_path, strerror(errno));
 }
@@ -670,6 +737,20 @@ static void reduce_window_stats(train_run *r, window_stats *s) {
         s->bucket_count[b] = lround((double)v[2 + LOSS_BUCKETS + b] * r->K);
     }
     window_stats_finish(s);
+}
+
+/* The test batch's loss sum and example count over the ranks (the same float32 mean
+ * all-reduce as the windows); returns the global mean. */
+static double reduce_test_loss(train_run *r, double sum, long count) {
+    if (r->K > 1) {
+        float v[2] = {(float)sum, (float)count};
+        ncsn_copy_to_device(r->be, r->reduce_buf, v, sizeof v);
+        ncsn_comm_allreduce_mean(r->comm, r->be, r->reduce_buf, 2);
+        ncsn_copy_to_host(r->be, v, r->reduce_buf, sizeof v);
+        sum = (double)v[0] * r->K;
+        count = lround((double)v[1] * r->K);
+    }
+    return count ? sum / (double)count : NAN;
 }
 
 /* Rank 0's parameters and optimiser state to every rank: a fresh run starts from rank 0's
@@ -714,22 +795,12 @@ static void snapshot_samples(train_run *r) {
     const int n = 36;
     int C, H, W;
     ncsn_model_input_shape(r->m, &C, &H, &W);
-    size_t P = ncsn_model_table(r->m)->total;
-    float *params = ncsn_model_params(r->m), *backup = NULL;
-    if (r->t->ema) {
-        backup = ncsn_alloc(r->be, P * sizeof(float));
-        if (!backup) ncsn_die("train: cannot allocate the parameter backup for snapshot sampling");
-        ncsn_copy(r->be, backup, params, P * sizeof(float));
-        ncsn_copy(r->be, params, r->t->ema, P * sizeof(float));
-    }
+    if (r->t->ema) ncsn_trainer_use_ema_weights(r->t, 1);
     if (r->B_local < n) ncsn_model_plan(r->m, n);
     float *out = ncsn_xmalloc((size_t)n * (size_t)C * (size_t)H * (size_t)W * sizeof(float));
     ncsn_sample_model_host(r->be, r->m, &r->cfg, out, n, r->seed);
     if (r->B_local < n) ncsn_model_plan(r->m, r->B_local);
-    if (backup) {
-        ncsn_copy(r->be, params, backup, P * sizeof(float));
-        ncsn_free(r->be, backup);
-    }
+    if (r->t->ema) ncsn_trainer_use_ema_weights(r->t, 0);
     char dir[4200], path[4300];
     snprintf(dir, sizeof dir, "%s/samples", r->o->workdir);
     make_dir(dir);
@@ -741,10 +812,12 @@ static void snapshot_samples(train_run *r) {
 static void train_usage(FILE *f) {
     fprintf(f, "usage: ncsn train --config F.yml --workdir DIR [--data PATH] [--device cpu|cuda|auto]\n"
                "                  [--steps N] [--seed S] [--resume] [--keep-last K] [--nproc K] [--precision fp32|tf32|bf16]\n"
+               "                  [--test-freq N]\n"
                "Trains as the official runners (DSM, or SSM with training.algo: ssm). --steps N trains until\n"
                "N updates are done (default training.n_iters); checkpoints go to DIR/checkpoint_<step>.safetensors\n"
                "every training.snapshot_freq steps and at the end; --resume continues from the newest one,\n"
-               "exactly. Metrics: DIR/metrics.jsonl every training.log_freq steps.\n"
+               "exactly. Metrics: DIR/metrics.jsonl every training.log_freq steps; the DSM loss of a test batch\n"
+               "(the dataset's test split, EMA weights when model.ema) every --test-freq steps (default 100, 0: off).\n"
                "--nproc K trains data-parallel on K processes of this machine (training.batch_size is the global\n"
                "batch, a multiple of K); under mpirun/srun the ranks come from the launcher (see comm.h).\n");
 }
@@ -761,6 +834,7 @@ int ncsn_cmd_train(int argc, char **argv) {
     ncsn_train_options o;
     memset(&o, 0, sizeof o);
     o.keep_last = -1;
+    o.test_freq = NCSN_TRAIN_TEST_FREQ;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -787,6 +861,7 @@ int ncsn_cmd_train(int argc, char **argv) {
             o.seed_given = 1;
         } else if (!strcmp(a, "--keep-last")) o.keep_last = (int)parse_long(a, v, 0, 1000000);
         else if (!strcmp(a, "--nproc")) o.nproc = (int)parse_long(a, v, 1, NCSN_COMM_SHM_MAX_RANKS);
+        else if (!strcmp(a, "--test-freq")) o.test_freq = parse_long(a, v, 0, 0x7fffffffL);
         else {
             train_usage(stderr);
             ncsn_die("train: unknown option '%s'", a);
@@ -940,6 +1015,22 @@ int ncsn_train(const ncsn_train_options *o) {
         ncsn_die("%s: examples are %d x %d x %d but the model takes %d x %d x %d", ds.path[0] ? ds.path : "data",
                  ds.C, ds.H, ds.W, C, H, W);
     if (ds.N < 1) ncsn_die("%s: the dataset is empty", ds.path);
+    /* The test split for the test loss (the official runners' test_loader), when the data
+     * has one distinct from the training split. */
+    ncsn_dataset test_ds;
+    memset(&test_ds, 0, sizeof test_ds);
+    const char *test_off = NULL;
+    r->test_freq = o->test_freq;
+    if (r->test_freq > 0 && r->t->ssm) test_off = "training.algo ssm (the test loss is a DSM loss)";
+    else if (r->test_freq > 0 && !ncsn_dataset_has_test_split(&cfg->data, data_path))
+        test_off = "the data has no separate test split";
+    if (test_off) r->test_freq = 0;
+    if (r->test_freq > 0) {
+        ncsn_dataset_open(&test_ds, &cfg->data, data_path, 0, r->seed);
+        if (test_ds.C != C || test_ds.H != H || test_ds.W != W || test_ds.N < 1)
+            ncsn_die("%s: the test split has %zu examples of %d x %d x %d; the model takes %d x %d x %d",
+                     test_ds.path[0] ? test_ds.path : "data", test_ds.N, test_ds.C, test_ds.H, test_ds.W, C, H, W);
+    }
 
     /* 2. Start-up lines: what runs, where, how; rank 0 only, the other ranks stay quiet. */
     const ncsn_param_table *table = ncsn_model_table(r->m);
@@ -966,6 +1057,11 @@ int ncsn_train(const ncsn_train_options *o) {
                 cfg->training.warmup > 0 ? ", linear warm-up" : "", cfg->training.grad_clip > 0 ? ", grad clipping" : "",
                 r->t->ema ? "on" : "off", r->log_freq, r->snapshot_freq, r->keep_last > 0 ? "last K" : "all",
                 (unsigned long long)r->seed);
+        if (r->test_freq > 0)
+            fprintf(stderr, "test loss: every %ld steps, one batch of %d from the test split (%zu examples), %s\n",
+                    r->test_freq, r->B, test_ds.N, r->t->ema ? "EMA weights" : "current weights");
+        else
+            fprintf(stderr, "test loss: off (%s)\n", test_off ? test_off : "--test-freq 0");
         if (o->resume)
             fprintf(stderr, "resumed from %s: step %ld, data epoch %llu position %llu\n", resume_path, r->step,
                     (unsigned long long)r->loader_state.epoch, (unsigned long long)r->loader_state.position);
@@ -992,6 +1088,20 @@ int ncsn_train(const ncsn_train_options *o) {
     lo.buffer_free = staging_free;
     lo.buffer_ctx = r->be;
     ncsn_loader *loader = ncsn_loader_create(&ds, &lo, r->loader_state);
+    /* The test stream: loader stream 1 over the test split, one global batch per evaluation.
+     * Evaluation k (0-based, after update (k + 1) * test_freq) takes stream positions
+     * [kB, (k + 1)B), so a resumed run starts it from the step alone: no checkpoint state. */
+    ncsn_loader *test_loader = NULL;
+    float *test_losses = NULL;
+    if (r->test_freq > 0) {
+        ncsn_loader_options tlo = lo;
+        tlo.stream = 1;
+        tlo.depth = 2;
+        uint64_t first = (uint64_t)(r->step / r->test_freq) * (uint64_t)r->B;
+        ncsn_loader_state ts = {first / test_ds.N, first % test_ds.N};
+        test_loader = ncsn_loader_create(&test_ds, &tlo, ts);
+        test_losses = ncsn_xmalloc((size_t)r->B_local * sizeof(float));
+    }
 
     loss_window w;
     memset(&w, 0, sizeof w);
@@ -1040,6 +1150,21 @@ int ncsn_train(const ncsn_train_options *o) {
                     (double)sig[level], lr, r->last_good[0] ? r->last_good : "none (no checkpoint was written)");
             exit(1);
         }
+        if (test_loader && r->step % r->test_freq == 0) {
+            /* The official runners' test loss (spec §6.1): no gradient, EMA weights when on. */
+            ncsn_batch tb = ncsn_loader_acquire(test_loader);
+            NCSN_CHECK(tb.n == r->B_local);
+            ncsn_trainer_test_loss(r->t, tb.x, r->step / r->test_freq - 1, test_losses);
+            ncsn_loader_release(test_loader, &tb);
+            double sum = 0.0;
+            for (int n = 0; n < r->B_local; n++) sum += test_losses[n];
+            r->test_loss = reduce_test_loss(r, sum, r->B_local); /* collective */
+            r->test_step = r->step;
+            if (r->lead && !log_now) {
+                write_test_metrics(r);
+                ncsn_progress_message(&progress, "step %ld: test loss %.5g", r->step, r->test_loss);
+            }
+        }
         if (log_now) {
             window_stats s = window_summarise(&w, L);
             reduce_window_stats(r, &s); /* collective: every rank logs at the same steps */
@@ -1047,7 +1172,10 @@ int ncsn_train(const ncsn_train_options *o) {
             double rate = elapsed > 0 ? (double)(r->step - start_step) / elapsed : 0.0;
             if (r->lead) {
                 write_metrics(r, &s, lr, elapsed, rate);
-                ncsn_progress_status(&progress, "loss %.5g", s.loss);
+                if (r->test_step == r->step)
+                    ncsn_progress_status(&progress, "loss %.5g  test %.5g", s.loss, r->test_loss);
+                else
+                    ncsn_progress_status(&progress, "loss %.5g", s.loss);
                 ncsn_progress_log(&progress, r->step);
             }
             window_reset(&w, r->step + 1);
@@ -1073,6 +1201,9 @@ int ncsn_train(const ncsn_train_options *o) {
     }
 
     ncsn_loader_destroy(loader);
+    if (test_loader) ncsn_loader_destroy(test_loader);
+    free(test_losses);
+    ncsn_dataset_free(&test_ds);
     free(w.hist_host);
     free(w.labels);
     free(w.valid);

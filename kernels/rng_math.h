@@ -35,7 +35,12 @@ enum {
     NCSN_RNG_LANGEVIN = 8,      /* Langevin noise (step = global step counter) */
     NCSN_RNG_SLICE = 9,         /* sliced score matching projections */
     NCSN_RNG_INPAINT = 10,      /* inpainting re-noised reference */
-    NCSN_RNG_TOY = 11           /* toy data sets */
+    NCSN_RNG_TOY = 11,          /* toy data sets */
+    /* The test-loss evaluations (train.h): the training streams' counterparts, with
+     * step = the evaluation's index, so evaluating never draws from a training stream. */
+    NCSN_RNG_TEST_LABELS = 12,
+    NCSN_RNG_TEST_NOISE = 13,
+    NCSN_RNG_TEST_DEQUANT = 14
 };
 
 typedef struct {

@@ -940,6 +940,33 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return remove(path);
 }
 
+/* Which data has a test split of its own (the trainer's test loss is off otherwise); uses
+ * the files the tests above left in the scratch folder. */
+static void test_has_test_split(void) {
+    struct {
+        const char *dataset, *rel; /* rel NULL: no --data */
+        int want;
+    } cases[] = {
+        {"MNIST", "idx_plain", 1},                          /* train + t10k files */
+        {"MNIST", "idx_gz", 0},                             /* train file only */
+        {"MNIST", "idx_plain/train-images-idx3-ubyte", 0}, /* one file is one split */
+        {"CIFAR10", "cifar", 1},                            /* test_batch.bin */
+        {"FOLDER", "folder", 0},
+        {"TOY", NULL, 1},                                   /* generated: split 1 is its own draw */
+        {"CIFAR10", "no_such_folder", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ncsn_data_config dc = data_config(cases[i].dataset, 4, 1);
+        char path[512];
+        if (cases[i].rel) path_in(path, sizeof path, cases[i].rel);
+        int got = ncsn_dataset_has_test_split(&dc, cases[i].rel ? path : NULL);
+        EXPECT(got == cases[i].want, "has_test_split(%s, %s) = %d, want %d", cases[i].dataset,
+               cases[i].rel ? cases[i].rel : "(none)", got, cases[i].want);
+    }
+    printf("  ok   test splits: %zu cases (IDX with and without t10k, one file, CIFAR-10, folder, toy, missing)\n",
+           sizeof cases / sizeof cases[0]);
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/ncsn_test_data_XXXXXX");
     if (!mkdtemp(root)) ncsn_die("mkdtemp failed");
@@ -951,6 +978,7 @@ int main(void) {
     test_center_crop();
     test_image_read();
     test_folder_and_celeba();
+    test_has_test_split();
     test_toy();
     test_permutation();
     test_loader();

@@ -322,29 +322,61 @@ static void test_keep_last(void) {
 
 /* ---- 2. exact resume ------------------------------------------------------------------ */
 
+/* The "test_loss" values of metrics.jsonl in order, with their steps. */
+static int read_test_losses(const char *workdir, double *out, int cap, long *steps) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", workdir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[2048];
+    int n = 0;
+    while (n < cap && fgets(line, sizeof line, f)) {
+        const char *l = strstr(line, "\"test_loss\":"), *s = strstr(line, "\"step\":");
+        if (!l || !s) continue;
+        out[n] = strtod(l + 12, NULL);
+        steps[n] = strtol(s + 7, NULL, 10);
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+/* The runs read an MNIST-format folder with both splits and evaluate the test loss every
+ * 10 steps (steps 10, 20, 30, 40: one of them at a log point, the others not), so resume
+ * exactness covers the evaluations too: they must leave the training streams untouched,
+ * and a resumed run must evaluate the same test batches with the same draws. */
 static void test_exact_resume(const char *data) {
-    printf("-- exact resume: 40 steps == 20 + resume 20 == kill -9 after step 20 + resume\n");
+    printf("-- exact resume: 40 steps == 20 + resume 20 == kill -9 after step 20 + resume (test loss every 10)\n");
     char cfg[512], a[512], b[512], c[512], log[512], pa[600], pb[600], pc[600];
     path_in(cfg, sizeof cfg, "v2_28.yml");
     write_image_config(cfg, 28, "", 1e-3);
+    char *text = read_text(cfg);
+    char *npy = strstr(text, "\"NPY\"");
+    NCSN_CHECK(npy != NULL);
+    memmove(npy + 7, npy + 5, strlen(npy + 5) + 1); /* "NPY" -> "MNIST" */
+    memcpy(npy, "\"MNIST\"", 7);
+    write_text(cfg, text);
+    free(text);
     path_in(a, sizeof a, "resume_a");
     path_in(b, sizeof b, "resume_b");
     path_in(c, sizeof c, "resume_c");
 
     /* A: 40 steps in one run (checkpoints at 20 and 40). */
     path_in(log, sizeof log, "resume_a.log");
-    char *args_a[] = {"--config", cfg, "--workdir", a, "--data", (char *)data, "--device", "cpu", "--steps", "40", NULL};
+    char *args_a[] = {"--config", cfg,     "--workdir", a,    "--data",      (char *)data,
+                      "--device", "cpu",   "--steps",   "40", "--test-freq", "10",         NULL};
     int rc = run_train(log, args_a);
     EXPECT(rc == 0, "run A exit %d; log:\n%s", rc, read_text(log));
 
     /* B: 20 steps, then --resume to 40. */
     path_in(log, sizeof log, "resume_b1.log");
-    char *args_b1[] = {"--config", cfg, "--workdir", b, "--data", (char *)data, "--device", "cpu", "--steps", "20", NULL};
+    char *args_b1[] = {"--config", cfg,   "--workdir", b,    "--data",      (char *)data,
+                       "--device", "cpu", "--steps",   "20", "--test-freq", "10",         NULL};
     rc = run_train(log, args_b1);
     EXPECT(rc == 0, "run B (first half) exit %d; log:\n%s", rc, read_text(log));
     path_in(log, sizeof log, "resume_b2.log");
-    char *args_b2[] = {"--config", cfg,   "--workdir", b,         "--data", (char *)data, "--device",
-                       "cpu",      "--steps", "40",   "--resume", NULL};
+    char *args_b2[] = {"--config", cfg,  "--workdir", b,          "--data",      (char *)data, "--device",
+                       "cpu",      "--steps", "40", "--resume", "--test-freq", "10",         NULL};
     rc = run_train(log, args_b2);
     EXPECT(rc == 0, "run B (resumed) exit %d; log:\n%s", rc, read_text(log));
 
@@ -352,7 +384,8 @@ static void test_exact_resume(const char *data) {
      * checkpoint is renamed into place atomically, so its existence means it is complete. */
     path_in(log, sizeof log, "resume_c1.log");
     snprintf(pc, sizeof pc, "%s/checkpoint_20.safetensors", c);
-    char *args_c1[] = {"--config", cfg, "--workdir", c, "--data", (char *)data, "--device", "cpu", "--steps", "40", NULL};
+    char *args_c1[] = {"--config", cfg,   "--workdir", c,    "--data",      (char *)data,
+                       "--device", "cpu", "--steps",   "40", "--test-freq", "10",         NULL};
     pid_t pid = spawn_train(log, args_c1);
     int killed_between = 0, status = 0;
     for (int i = 0; i < 600000; i++) { /* up to 60 s */
@@ -375,8 +408,8 @@ static void test_exact_resume(const char *data) {
     EXPECT(killed_between && !file_exists(c40), "run C was not killed between the checkpoints (status %d)", status);
     printf("  run C killed by SIGKILL after checkpoint_20 appeared: %s\n", killed_between ? "yes" : "no");
     path_in(log, sizeof log, "resume_c2.log");
-    char *args_c2[] = {"--config", cfg,   "--workdir", c,         "--data", (char *)data, "--device",
-                       "cpu",      "--steps", "40",   "--resume", NULL};
+    char *args_c2[] = {"--config", cfg,  "--workdir", c,          "--data",      (char *)data, "--device",
+                       "cpu",      "--steps", "40", "--resume", "--test-freq", "10",         NULL};
     rc = run_train(log, args_c2);
     EXPECT(rc == 0, "run C (resumed) exit %d; log:\n%s", rc, read_text(log));
 
@@ -394,6 +427,19 @@ static void test_exact_resume(const char *data) {
     int same = na == 8 && nb == na && nc == na;
     for (int i = 0; same && i < na; i++) same = sa[i] == sb[i] && sa[i] == sc[i] && la[i] == lb[i] && la[i] == lc[i];
     EXPECT(same, "metrics.jsonl losses differ between the runs (%d, %d, %d lines)", na, nb, nc);
+    /* The test losses: at steps 10, 20, 30, 40, finite, and the same in every run (the
+     * resumed runs evaluated 30 and 40 themselves). */
+    double ta[8], tb[8], tc[8];
+    long ka[8], kb[8], kc[8];
+    int ma = read_test_losses(a, ta, 8, ka), mb = read_test_losses(b, tb, 8, kb), mc = read_test_losses(c, tc, 8, kc);
+    int tsame = ma == 4 && mb == 4 && mc == 4;
+    for (int i = 0; tsame && i < 4; i++)
+        tsame = ka[i] == 10 * (i + 1) && kb[i] == ka[i] && kc[i] == ka[i] && isfinite(ta[i]) && ta[i] == tb[i] &&
+                ta[i] == tc[i];
+    EXPECT(tsame, "test losses differ between the runs or are missing (%d, %d, %d lines)", ma, mb, mc);
+    if (ma == 4)
+        printf("  test loss (EMA weights) at steps 10-40: %.2f %.2f %.2f %.2f, identical in the resumed runs: %s\n",
+               ta[0], ta[1], ta[2], ta[3], tsame ? "yes" : "NO");
     /* The same runs show the image network learning: its loss starts near D/2 + |f|^2/2
      * (~650 for 784 pixels) and falls quickly at the large sigmas. Limit: the last 5 steps
      * at most 0.7x the first 5 (measured ~0.55x). */
@@ -703,13 +749,15 @@ static void test_step_pieces(void) {
 int main(void) {
     make_test_root("train");
     printf("workdirs under %s\n", g_root);
-    char data28[512];
+    char data28[512], idx28[512];
     path_in(data28, sizeof data28, "images28.npy");
     write_image_data(data28, 50, 28);
+    path_in(idx28, sizeof idx28, "images28_idx");
+    write_idx_folder(idx28, 50, 20, 28);
 
     test_toy_learns();
     test_keep_last();
-    test_exact_resume(data28);
+    test_exact_resume(idx28);
     test_refusals(data28);
     test_fashion_mnist();
     test_step_pieces(); /* in process: OpenMP starts here, after the last fork */

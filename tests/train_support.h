@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kernels/rng_math.h"
@@ -83,25 +84,60 @@ static char *read_text(const char *path) {
     return s;
 }
 
-/* N gray S x S images: a bright disc of random radius and centre on a dark background with
- * pixel noise: simple structure that a small network learns quickly. */
-static void write_image_data(const char *path, int N, int S) {
-    uint8_t *u8 = malloc((size_t)N * S * S);
-    for (int n = 0; n < N; n++) {
-        float cx = S * (0.3f + 0.4f * ncsn_rng_uniform(5, NCSN_RNG_TOY, (uint32_t)n, 0, 0));
-        float cy = S * (0.3f + 0.4f * ncsn_rng_uniform(5, NCSN_RNG_TOY, (uint32_t)n, 0, 1));
-        float rad = S * (0.15f + 0.15f * ncsn_rng_uniform(5, NCSN_RNG_TOY, (uint32_t)n, 0, 2));
+/* N gray S x S disc images (see write_image_data), images first .. first + N - 1 of the
+ * keyed sequence, into u8 (N*S*S bytes). */
+static void make_disc_images(uint8_t *u8, int N, int S, uint32_t first) {
+    for (int i = 0; i < N; i++) {
+        uint32_t n = first + (uint32_t)i;
+        float cx = S * (0.3f + 0.4f * ncsn_rng_uniform(5, NCSN_RNG_TOY, n, 0, 0));
+        float cy = S * (0.3f + 0.4f * ncsn_rng_uniform(5, NCSN_RNG_TOY, n, 0, 1));
+        float rad = S * (0.15f + 0.15f * ncsn_rng_uniform(5, NCSN_RNG_TOY, n, 0, 2));
         for (int y = 0; y < S; y++)
             for (int x = 0; x < S; x++) {
                 float d = sqrtf((x - cx) * (x - cx) + (y - cy) * (y - cy));
                 int v = d < rad ? 220 : 30;
-                v += (int)(ncsn_rng_u32(5, NCSN_RNG_TOY, (uint32_t)n, 1, (uint64_t)(y * S + x)) % 21u) - 10;
-                u8[((size_t)n * S + y) * S + x] = (uint8_t)v;
+                v += (int)(ncsn_rng_u32(5, NCSN_RNG_TOY, n, 1, (uint64_t)(y * S + x)) % 21u) - 10;
+                u8[((size_t)i * S + y) * S + x] = (uint8_t)v;
             }
     }
+}
+
+/* N gray S x S images: a bright disc of random radius and centre on a dark background with
+ * pixel noise: simple structure that a small network learns quickly. As a uint8 .npy. */
+static void write_image_data(const char *path, int N, int S) {
+    uint8_t *u8 = malloc((size_t)N * S * S);
+    make_disc_images(u8, N, S, 0);
     int64_t shape[3] = {N, S, S};
     ncsn_npy_write(path, NCSN_NPY_U8, 3, shape, u8);
     free(u8);
+}
+
+/* The same kind of images as an MNIST-format folder with both splits:
+ * DIR/train-images-idx3-ubyte (images 0 .. n_train-1) and DIR/t10k-images-idx3-ubyte
+ * (n_test other images), so the test loss has a test split. */
+static inline void write_idx_folder(const char *dir, int n_train, int n_test, int S) {
+    mkdir(dir, 0777);
+    const char *names[2] = {"train-images-idx3-ubyte", "t10k-images-idx3-ubyte"};
+    const int counts[2] = {n_train, n_test};
+    for (int split = 0; split < 2; split++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, names[split]);
+        int N = counts[split];
+        uint8_t *u8 = malloc((size_t)N * S * S);
+        make_disc_images(u8, N, S, split ? 1000000u : 0u);
+        /* IDX: magic 0x00000803 (unsigned byte, 3 dims), then the dims, big-endian. */
+        uint8_t header[16] = {0, 0, 8, 3};
+        uint32_t dims[3] = {(uint32_t)N, (uint32_t)S, (uint32_t)S};
+        for (int d = 0; d < 3; d++)
+            for (int b = 0; b < 4; b++) header[4 + 4 * d + b] = (uint8_t)(dims[d] >> (24 - 8 * b));
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(header, 1, 16, f) != 16 || fwrite(u8, 1, (size_t)N * S * S, f) != (size_t)N * S * S ||
+            fclose(f) != 0) {
+            printf("cannot write %s: %s\n", path, strerror(errno));
+            exit(1);
+        }
+        free(u8);
+    }
 }
 
 #endif

@@ -74,6 +74,11 @@ typedef struct {
  * and its coordinates d = 0, 1 from mean + ncsn_rng_normal(seed, NCSN_RNG_TOY, s, 1, 2i+d). */
 void ncsn_dataset_open(ncsn_dataset *ds, const ncsn_data_config *dc, const char *path, int train, uint64_t seed);
 void ncsn_dataset_free(ncsn_dataset *ds);
+/* Does `path` hold a test split distinct from the training split (the t10k IDX file,
+ * test_batch.bin, CelebA's list_eval_partition.txt, LSUN's <category>_val, generated toy
+ * data)? 0 for a single file, a folder of images or an .npy array, whose "test split" would
+ * be the training data again. Never fails: a missing path is 0. */
+int ncsn_dataset_has_test_split(const ncsn_data_config *dc, const char *path);
 /* Default --data for a dataset name, or NULL when it has none. */
 const char *ncsn_dataset_default_path(const char *dataset);
 /* Example i as float32 CHW (C*H*W values): k / 255.0f for images, the values for floats. */

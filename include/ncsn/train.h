@@ -33,8 +33,8 @@
  * walks the same global (epoch, position) stream), and every draw above is keyed by the
  * example's GLOBAL position n = r*B/K + i, so each example sees exactly the noise, level,
  * flip and dequantisation it would see in a one-process run. Each rank's loss is the mean
- * over its slice; after the backward the whole gradient buffer is all-reduced to its mean
- * over ranks, which is the gradient of the global-batch mean loss (up to fp32 summation
+ * over its slice; the gradient buffer is all-reduced to its mean over ranks in buckets
+ * started during the backward (grad_sync.h), which is the gradient of the global-batch mean loss (up to fp32 summation
  * order). Clipping (on the reduced gradient), Adam and EMA then run identically on every
  * rank, so parameters stay identical: rank 0's parameters and optimiser state are broadcast
  * at start (fresh or resumed), and at every checkpoint the ranks compare a parameter
@@ -44,11 +44,19 @@
  * stream), so a run resumes on any K that divides B. tests/test_train_dp.c checks --nproc 1
  * against --nproc 2 and a --nproc 2 -> --nproc 1 resume on the CPU (shm all-reduce).
  *
- * Host synchronisation on CUDA: none inside a step, except (1) gradient-norm clipping,
- * which reads the squared norm back to choose the scale (off by default; the backend has
- * no scale-by-device-scalar op), and (2) logit_transform, applied on the host (off in every
- * official config). Losses are read back at log points only (every step on the CPU, where
- * a read costs nothing, so a non-finite loss is caught at the exact step there).
+ * Host synchronisation on CUDA: none inside a step (clipping reads the norm on the device).
+ * The host stays one step ahead: batches come from the loader in pinned staging memory,
+ * and a batch returns to the loader once the fence after its upload is reached. Losses
+ * are read back at log points only (every step on the CPU, where a read costs nothing, so
+ * a non-finite loss is caught at the exact step there).
+ *
+ * Test loss (the official runners' every-100-steps evaluation): every test_freq updates,
+ * the DSM loss of one global batch of the dataset's test split (stream 1 of the loader,
+ * evaluation k taking stream positions [kB, (k+1)B)), with the test draws
+ * (NCSN_RNG_TEST_LABELS / _NOISE / _DEQUANT keyed by k, so the training streams are
+ * untouched and resume stays exact), no flip, EMA weights when model.ema (v2's
+ * ema_copy). Logged as "test_loss" in metrics.jsonl. Off when the data has no separate
+ * test split (a single file, an image folder, an .npy array) and for SSM.
  */
 #ifndef NCSN_TRAIN_H
 #define NCSN_TRAIN_H
@@ -67,6 +75,8 @@ extern "C" {
 
 /* The official runners seed torch/numpy with 1234; so does `ncsn train` by default. */
 #define NCSN_TRAIN_DEFAULT_SEED 1234u
+/* The official runners evaluate the test loss every 100 steps (hard-coded there). */
+#define NCSN_TRAIN_TEST_FREQ 100
 
 typedef struct {
     const char *config_path; /* required (also with --resume: it may change lr, log_freq, ...) */
@@ -81,6 +91,7 @@ typedef struct {
     int keep_last;           /* checkpoints kept; < 0: training.keep_last (0 = all) */
     int nproc;               /* --nproc: 0 = not given; with launcher variables it must equal the
                                 world size (ncsn_cmd_train spawns the ranks when there are none) */
+    long test_freq;          /* test loss every this many steps; 0: off (ncsn_cmd_train: 100) */
 } ncsn_train_options;
 
 /* Runs `ncsn train`. Returns the process exit status (fatal input errors exit directly). */
@@ -112,6 +123,14 @@ double ncsn_trainer_step(ncsn_trainer *t, float *x_host, long step);
  * rewrite or recycle x_host (immediately on the CPU). */
 void ncsn_trainer_wait_upload(ncsn_trainer *t);
 
+/* Swaps the EMA shadow into the model's parameters (on = 1; the parameters are kept aside)
+ * and back (on = 0). model.ema must be on. */
+void ncsn_trainer_use_ema_weights(ncsn_trainer *t, int on);
+/* The test loss of one batch (x_host as for ncsn_trainer_step, not flipped): the DSM loss
+ * with levels, dequantisation and noise from the test streams keyed by eval_index, under
+ * the EMA weights when model.ema; no gradient. Writes the B local per-example losses to
+ * loss_host (synchronises). Not for training.algo ssm. */
+void ncsn_trainer_test_loss(ncsn_trainer *t, float *x_host, long eval_index, float *loss_host);
 /* Reads the per-example losses of the last step (B local floats; synchronises) and the level
  * indices they were drawn at. Either pointer may be NULL. */
 void ncsn_trainer_read_loss(ncsn_trainer *t, float *loss_host, int32_t *labels_host);
