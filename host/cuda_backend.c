@@ -144,8 +144,13 @@ struct ncsn_graph {
 };
 
 static int cuda_graph_begin(ncsn_backend *be) {
+#ifdef NCSN_CUDA_SYNC_EVERY_LAUNCH
+    /* The debug build synchronises after every launch, which capture forbids: no graphs. */
+    return 0;
+#else
     CUDA_CHECK(cudaStreamBeginCapture(cuda_impl(be)->stream, cudaStreamCaptureModeThreadLocal));
     return 1;
+#endif
 }
 
 static ncsn_graph *cuda_graph_end(ncsn_backend *be) {
