@@ -1047,6 +1047,25 @@ static void cpu_sum_squares(ncsn_backend *be, float *out, const float *x, size_t
     *out = (float)total;
 }
 
+static void cpu_row_sum_squares(ncsn_backend *be, float *out, const float *x, int N, size_t per_example) {
+    NCSN_CHECKF(N >= 0 && out && (N == 0 || x), "row_sum_squares: N=%d, out %p, x %p", N, (void *)out,
+                (const void *)x);
+#pragma omp parallel for schedule(static) if (parallel : N * per_example >= CPU_PARALLEL_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *row = x + (size_t)n * per_example;
+        double sum = 0.0;
+        for (size_t i = 0; i < per_example; i++) sum += (double)row[i] * row[i];
+        out[n] = (float)sum;
+    }
+}
+
+static void cpu_pc_step_size(ncsn_backend *be, float *out, const float *norms2, int N, double snr) {
+    NCSN_CHECKF(N >= 1 && out && norms2 && snr > 0.0, "pc_step_size: N=%d, snr %g", N, snr);
+    float a = ncsn_pc_corrector_step_size(norms2, N, snr);
+    out[0] = a;
+    out[1] = sqrtf(2.0f * a);
+}
+
 static void cpu_clip_by_norm(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm) {
     NCSN_CHECKF(norm2 && max_norm > 0.0f, "clip_by_norm: norm2 %p, max_norm %g", (const void *)norm2,
                 (double)max_norm);
@@ -1114,6 +1133,8 @@ static const ncsn_backend_ops cpu_ops = {
     .gemm_nt = cpu_gemm_nt,
     .sum_squares = cpu_sum_squares,
     .clip_by_norm = cpu_clip_by_norm,
+    .row_sum_squares = cpu_row_sum_squares,
+    .pc_step_size = cpu_pc_step_size,
 };
 
 ncsn_backend *ncsn_cpu_backend_create(char *err, size_t errlen) {

@@ -464,6 +464,17 @@ static void cuda_sum_squares(ncsn_backend *be, float *out, const float *x, size_
     ncsn_cuda_sum_squares(stream_of(be), out, x, n, scratch);
 }
 
+static void cuda_row_sum_squares(ncsn_backend *be, float *out, const float *x, int N, size_t per_example) {
+    NCSN_CHECKF(N >= 0 && out && (N == 0 || x), "row_sum_squares: N=%d, out %p, x %p", N, (void *)out,
+                (const void *)x);
+    ncsn_cuda_row_sum_squares(stream_of(be), out, x, N, per_example);
+}
+
+static void cuda_pc_step_size(ncsn_backend *be, float *out, const float *norms2, int N, double snr) {
+    NCSN_CHECKF(N >= 1 && out && norms2 && snr > 0.0, "pc_step_size: N=%d, snr %g", N, snr);
+    ncsn_cuda_pc_step_size(stream_of(be), out, norms2, N, snr);
+}
+
 static void cuda_clip_by_norm(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm) {
     NCSN_CHECKF(norm2 && (n == 0 || g) && max_norm > 0.0f, "clip_by_norm: g %p, norm2 %p, max_norm %g", (void *)g,
                 (const void *)norm2, (double)max_norm);
@@ -528,6 +539,8 @@ static const ncsn_backend_ops cuda_ops = {
     .gemm_nt = cuda_gemm_nt,
     .sum_squares = cuda_sum_squares,
     .clip_by_norm = cuda_clip_by_norm,
+    .row_sum_squares = cuda_row_sum_squares,
+    .pc_step_size = cuda_pc_step_size,
 };
 
 /* The cuDNN graph API features used here (device-properties descriptors) need 9.8. */

@@ -16,9 +16,9 @@
  *   With fixed pointers and no by-value scalars, that is the unit a CUDA graph captures
  *   once and replays for every step of every level (run_chain_steps); on the CPU the same
  *   ops run directly.
- * - Nothing reads device memory back inside a chain except the PC corrector, whose step size
- *   is a function of two batch norms (score_sde computes it on the device too, but then
- *   passes it as a tensor; our langevin_step takes a host scalar).
+ * - Nothing reads device memory back inside a chain. The PC corrector's step size, a
+ *   function of two batch-mean norms, is computed on the backend (pc_step_size) into a
+ *   one-level schedule that langevin_step_chain reads, as score_sde keeps it a tensor.
  *
  * Where the result differs from the official code, on purpose:
  * - the noise comes from the engine's Philox streams (rng_math.h), not torch's generator:
@@ -73,12 +73,12 @@ struct ncsn_sampler {
     float *refs;          /* backend: n_refs x per_example, or NULL */
     int n_refs;
     float *ref_batch;     /* backend: max_batch x per_example, each sample's reference */
-    float *norms;         /* backend: 2 x max_batch (PC) */
-    float *norms_host;    /* host: 2 x max_batch */
+    float *norms;         /* backend: 2 x max_batch (PC): squared norms of the score, then the noise */
+    float *pc_schedule;   /* backend: 2 (PC): the corrector's (a, sqrt(2a)), computed on the backend */
     /* ALD and plain Langevin run as a replayable step (run_chain_steps): */
     float *schedule;        /* backend: 2L floats, (a_l, sqrt(2 a_l)) of level l */
     int32_t *level_labels;  /* backend: L, the network label of level l */
-    uint32_t *chain_state;  /* backend: NCSN_CHAIN_STATE_COUNT (backend.h) */
+    uint32_t *chain_state;  /* backend: NCSN_CHAIN_STATE_COUNT (backend.h); ALD, Langevin, PC */
     int use_graph;          /* the backend captures graphs and NCSN_CUDA_GRAPHS is not 0 */
     ncsn_graph *graph;      /* one captured step, valid for (graph_x, graph_N) */
     const float *graph_x;
@@ -202,7 +202,8 @@ ncsn_sampler *ncsn_sampler_create(ncsn_backend *be, ncsn_score_fn score, void *c
         s->ref_batch = ncsn_alloc(be, batch_floats * sizeof(float));
     if (o->kind == NCSN_SAMPLER_PC) {
         s->norms = ncsn_alloc(be, 2 * (size_t)max_batch * sizeof(float));
-        s->norms_host = ncsn_xmalloc(2 * (size_t)max_batch * sizeof(float));
+        s->pc_schedule = ncsn_alloc(be, 2 * sizeof(float));
+        s->chain_state = ncsn_alloc(be, NCSN_CHAIN_STATE_COUNT * sizeof(uint32_t));
     }
     if (o->kind == NCSN_SAMPLER_ALD || o->kind == NCSN_SAMPLER_LANGEVIN) {
         /* The schedule of the replayable step: level l runs at label l with a_l (ALD), or at
@@ -240,7 +241,7 @@ void ncsn_sampler_free(ncsn_sampler *s) {
     if (s->refs) ncsn_free(be, s->refs);
     if (s->ref_batch) ncsn_free(be, s->ref_batch);
     if (s->norms) ncsn_free(be, s->norms);
-    free(s->norms_host);
+    if (s->pc_schedule) ncsn_free(be, s->pc_schedule);
     if (s->graph) ncsn_graph_destroy(be, s->graph);
     if (s->schedule) ncsn_free(be, s->schedule);
     if (s->level_labels) ncsn_free(be, s->level_labels);
@@ -444,26 +445,15 @@ static void pc_corrector_step(ncsn_sampler *s, float *x, uint32_t first_index, i
     ncsn_backend *be = s->be;
     size_t P = s->per_example;
     evaluate_score(s, x, N);
-    /* The same draws ncsn_langevin_step makes below, so the norm is of the noise used. */
+    /* The same draws langevin_step_chain makes below, so the norm is of the noise used. */
     ncsn_fill_normal(be, s->noise, N, P, s->opt.seed, NCSN_RNG_LANGEVIN, first_index, step);
-    for (int n = 0; n < N; n++) {
-        ncsn_sum_squares(be, s->norms + n, s->score_buf + (size_t)n * P, P);
-        ncsn_sum_squares(be, s->norms + N + n, s->noise + (size_t)n * P, P);
-    }
-    ncsn_copy_to_host(be, s->norms_host, s->norms, 2 * (size_t)N * sizeof(float));
-    double grad_norm = 0.0, noise_norm = 0.0;
-    for (int n = 0; n < N; n++) {
-        grad_norm += sqrt((double)s->norms_host[n]);
-        noise_norm += sqrt((double)s->norms_host[N + n]);
-    }
-    grad_norm /= N;
-    noise_norm /= N;
-    NCSN_CHECKF(grad_norm > 0.0 && isfinite(grad_norm),
-                "pc sampler: score norm is %g at step %u (the corrector step size needs a finite, nonzero score)",
-                grad_norm, step);
-    double ratio = s->opt.snr * noise_norm / grad_norm;
-    float a = (float)(2.0 * ratio * ratio);
-    ncsn_langevin_step(be, x, s->score_buf, N, P, a, s->opt.seed, first_index, step);
+    ncsn_row_sum_squares(be, s->norms, s->score_buf, N, P);
+    ncsn_row_sum_squares(be, s->norms + N, s->noise, N, P);
+    /* score_sde computes the step size on the device too: no host round trip. The chain
+     * state holds this step's number (one level: steps_per_level is never reached). */
+    ncsn_pc_step_size(be, s->pc_schedule, s->norms, N, s->opt.snr);
+    ncsn_langevin_step_chain(be, x, s->score_buf, N, P, s->pc_schedule, 1, s->chain_state, UINT32_MAX, s->opt.seed);
+    ncsn_chain_advance(be, s->chain_state);
 }
 
 /* score_sde ReverseDiffusionPredictor.update_fn with VESDE.discretize (SMLD):
@@ -483,6 +473,13 @@ static void pc_predictor_step(ncsn_sampler *s, float *x, uint32_t first_index, i
     ncsn_accumulate(be, x, s->noise, count);
 }
 
+/* Keeps the chain state's step number in line with the predictor's (by-value) one. */
+static void pc_predictor_then_advance(ncsn_sampler *s, float *x, uint32_t first_index, int N, int level,
+                                      uint32_t step) {
+    pc_predictor_step(s, x, first_index, N, level, step);
+    ncsn_chain_advance(s->be, s->chain_state);
+}
+
 void ncsn_sampler_run_levels(ncsn_sampler *s, float *x, uint32_t first_index, int N, int level_begin,
                              int level_end) {
     NCSN_CHECKF(N >= 1 && N <= s->max_batch, "sampler: batch of %d outside 1..%d", N, s->max_batch);
@@ -496,6 +493,13 @@ void ncsn_sampler_run_levels(ncsn_sampler *s, float *x, uint32_t first_index, in
          * its L*T steps are numbered like ALD's. */
         run_chain_steps(s, x, first_index, N, (uint32_t)(level_begin * T), (uint32_t)((level_end - level_begin) * T));
         return;
+    }
+    if (s->opt.kind == NCSN_SAMPLER_PC) {
+        /* The corrector reads its step number from the chain state (pc_corrector_step). */
+        uint32_t state[NCSN_CHAIN_STATE_COUNT];
+        state[NCSN_CHAIN_STEP] = (uint32_t)(level_begin * (T + 1));
+        state[NCSN_CHAIN_FIRST_INDEX] = first_index;
+        ncsn_copy_to_device(s->be, s->chain_state, state, sizeof state);
     }
     for (int i = level_begin; i < level_end; i++) {
         float a = ncsn_langevin_step_size(s->opt.step_lr, s->sigmas, s->L, i);
@@ -514,7 +518,7 @@ void ncsn_sampler_run_levels(ncsn_sampler *s, float *x, uint32_t first_index, in
         case NCSN_SAMPLER_PC:
             /* score_sde pc_sampler: corrector, then predictor, at every time step. */
             for (int t = 0; t < T; t++) pc_corrector_step(s, x, first_index, N, (uint32_t)(i * (T + 1) + t));
-            pc_predictor_step(s, x, first_index, N, i, (uint32_t)(i * (T + 1) + T));
+            pc_predictor_then_advance(s, x, first_index, N, i, (uint32_t)(i * (T + 1) + T));
             break;
         }
     }
@@ -1019,6 +1023,19 @@ static void load_references(ncsn_sampler *s, const loaded_model *lm, const ncsn_
     ncsn_dataset_free(&ds);
 }
 
+/* A diverged chain (too large a step, a broken checkpoint, PC with a zero score) is an
+ * error, not a folder of black images: clamping would hide NaN. Batches already written
+ * stay; the run stops before writing this one. */
+static void check_finite_batch(const float *x, int nb, size_t per, uint32_t first, const char *sampler) {
+    size_t bad = 0, first_bad = 0, count = (size_t)nb * per;
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(x[i]) && bad++ == 0) first_bad = i;
+    if (bad)
+        ncsn_die("sample: the %s chain diverged: %zu of %zu values of samples [%u, %u) are not finite (first in "
+                 "sample %u); try a smaller --step-lr, or check the checkpoint",
+                 sampler, bad, count, first, first + (uint32_t)nb, first + (uint32_t)(first_bad / per));
+}
+
 /* --precision, or the sampler's default: the fastest precision whose deviation from fp32
  * is measured and bounded. That is bf16 convolutions (inputs and weights rounded to bf16,
  * fp32 accumulation; chain state fp32): one NCSNv2 evaluation within 1.5e-2 relative L2 of
@@ -1174,6 +1191,7 @@ int ncsn_cmd_sample(int argc, char **argv) {
         }
         ncsn_sampler_finish(s, x, nb);
         ncsn_copy_to_host(be, host, x, (size_t)nb * per * sizeof(float));
+        check_finite_batch(host, nb, per, first, ncsn_sampler_kind_name(o.kind));
         ncsn_sampler_output_host(host, (size_t)nb * per, &lm.cfg);
         for (int n = 0; n < nb; n++) ncsn_to_uint8_hwc(u8 + (size_t)n * per, host + (size_t)n * per, C, H, W);
         if (kind == OUT_DIR) {

@@ -112,6 +112,9 @@ void ncsn_cuda_langevin_step_chain(cudaStream_t stream, float *x, const float *s
 void ncsn_cuda_chain_labels(cudaStream_t stream, int32_t *labels, int N, const int32_t *level_labels, int L,
                             const uint32_t *state, uint32_t steps_per_level);
 void ncsn_cuda_chain_advance(cudaStream_t stream, uint32_t *state);
+/* The PC corrector: per-example squared norms, and its step size as a one-level schedule. */
+void ncsn_cuda_row_sum_squares(cudaStream_t stream, float *out, const float *x, int N, size_t per_example);
+void ncsn_cuda_pc_step_size(cudaStream_t stream, float *out, const float *norms2, int N, double snr);
 
 /* ---- convert.cu: BF16 convolution staging (host/cuda_conv.c). A tensor is viewed as
  *      [B][C][S] channels-first (NCHW: B = N, S = H*W; KCRS filters: B = K, S = kh*kw) or

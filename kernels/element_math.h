@@ -100,6 +100,21 @@ static inline NCSN_HD float ncsn_clip_coef(float norm2, float max_norm) {
     return coef < 1.0f ? coef : 1.0f;
 }
 
+/* score_sde LangevinCorrector (VE: alpha = 1): the step size a = 2 (snr |z| / |s|)^2, with
+ * |s| and |z| each the batch MEAN of the per-example norms. norms2 holds the squared
+ * per-example norms of the score (first N) and of the noise (next N). One thread's work
+ * on the device (a handful of values per example). A zero or non-finite score norm gives
+ * an infinite or NaN step, so the chain turns non-finite and `ncsn sample` stops on it. */
+static inline NCSN_HD float ncsn_pc_corrector_step_size(const float *norms2, int N, double snr) {
+    double grad = 0.0, noise = 0.0;
+    for (int n = 0; n < N; n++) {
+        grad += sqrt((double)norms2[n]);
+        noise += sqrt((double)norms2[N + n]);
+    }
+    double ratio = snr * (noise / N) / (grad / N);
+    return (float)(2.0 * ratio * ratio);
+}
+
 /* Final (Tweedie) denoising: x <- x + sigma_L^2 * s(x, L-1). */
 static inline NCSN_HD float ncsn_denoise_element(float x, float s, float sigma_last_sq) {
     return x + sigma_last_sq * s;

@@ -131,3 +131,34 @@ extern "C" void ncsn_cuda_chain_advance(cudaStream_t stream, uint32_t *state) {
     chain_advance_kernel<<<1, 1, 0, stream>>>(state);
     CUDA_CHECK_LAUNCH(stream);
 }
+
+/* ---- the PC corrector's step size, on the device ---- */
+
+/* One block per example: a block-wide sum of squares in double (ncsn_cuda_block_sum). */
+static __global__ void row_sum_squares_kernel(float *out, const float *x, size_t per_example) {
+    const float *row = x + (size_t)blockIdx.x * per_example;
+    double sum = 0.0;
+    for (size_t i = threadIdx.x; i < per_example; i += blockDim.x) sum += (double)row[i] * (double)row[i];
+    sum = ncsn_cuda_block_sum(sum);
+    if (threadIdx.x == 0) out[blockIdx.x] = (float)sum;
+}
+
+extern "C" void ncsn_cuda_row_sum_squares(cudaStream_t stream, float *out, const float *x, int N,
+                                          size_t per_example) {
+    if (N == 0) return;
+    row_sum_squares_kernel<<<(unsigned)N, NCSN_CUDA_REDUCE_THREADS, 0, stream>>>(out, x, per_example);
+    CUDA_CHECK_LAUNCH(stream);
+}
+
+/* One thread: the batch means of 2N norms (ncsn_pc_corrector_step_size), as langevin_step_chain's
+ * one-level schedule (a, sqrt(2a)). */
+static __global__ void pc_step_size_kernel(float *out, const float *norms2, int N, double snr) {
+    float a = ncsn_pc_corrector_step_size(norms2, N, snr);
+    out[0] = a;
+    out[1] = sqrtf(2.0f * a);
+}
+
+extern "C" void ncsn_cuda_pc_step_size(cudaStream_t stream, float *out, const float *norms2, int N, double snr) {
+    pc_step_size_kernel<<<1, 1, 0, stream>>>(out, norms2, N, snr);
+    CUDA_CHECK_LAUNCH(stream);
+}

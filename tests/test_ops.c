@@ -740,6 +740,26 @@ static void test_chain_ops(void) {
     ncsn_clip_by_norm(be, g, gn, norm2, (float)(2.0 * norm));
     EXPECT(memcmp(g, g0, gn * sizeof(float)) == 0, "clip_by_norm changed gradients whose norm is below max_norm");
 
+    /* row_sum_squares against float64 sums; pc_step_size against the score_sde formula. */
+    float *rows = buf_random(n), *rn = buf_zero(2 * N);
+    double rref[2 * N];
+    for (int k = 0; k < N; k++) {
+        rref[k] = 0.0;
+        for (size_t i = 0; i < per; i++) rref[k] += (double)rows[k * per + i] * rows[k * per + i];
+    }
+    ncsn_row_sum_squares(be, rn, rows, N, per);
+    expect_close("  row_sum_squares", rn, rref, N, TOL_ELEM);
+    for (int k = 0; k < N; k++) rn[N + k] = (float)(4.0 * (k + 1)); /* noise norms^2: 4, 8, 12 */
+    float *pc = buf_zero(2);
+    ncsn_pc_step_size(be, pc, rn, N, 0.16);
+    double gmean = 0.0, zmean = 0.0;
+    for (int k = 0; k < N; k++) {
+        gmean += sqrt((double)rn[k]) / N;
+        zmean += sqrt(4.0 * (k + 1)) / N;
+    }
+    double ratio = 0.16 * zmean / gmean, pc_ref[2] = {2.0 * ratio * ratio, sqrt(4.0 * ratio * ratio)};
+    expect_close("  pc_step_size (a, sqrt(2a))", pc, pc_ref, 2, TOL_ELEM);
+
     /* logit on (0.01, 0.99): atol 2e-6 = two float32 logs of magnitude <= 4.6, each within
      * about 1 ulp (4.8e-7), subtracted. */
     float *lx = buf_random(n);
@@ -767,6 +787,7 @@ static void test_chain_ops(void) {
     free(rg); free(rl);
     ncsn_free(be, sched); ncsn_free(be, level_labels); ncsn_free(be, labels); ncsn_free(be, state);
     ncsn_free(be, g); ncsn_free(be, g0); ncsn_free(be, norm2); ncsn_free(be, lx);
+    ncsn_free(be, rows); ncsn_free(be, rn); ncsn_free(be, pc);
 }
 
 int main(void) {

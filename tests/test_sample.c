@@ -144,20 +144,23 @@ static int run_sample(const char *args) {
     return ncsn_cmd_sample(argc, argv);
 }
 
-/* The same in a child process, for runs expected to die; returns the exit status. */
-static int run_sample_child(const char *args) {
+/* The same in a child process, for runs expected to die; returns the exit status. Its
+ * stderr goes to `log` (NULL: discarded). */
+static int run_sample_child_log(const char *args, const char *log) {
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
     if (pid < 0) ncsn_die("fork: %s", strerror(errno));
     if (pid == 0) {
-        if (!freopen("/dev/null", "w", stderr)) _exit(99);
+        if (!freopen(log ? log : "/dev/null", "w", stderr)) _exit(99);
         _exit(run_sample(args));
     }
     int status = 0;
     if (waitpid(pid, &status, 0) != pid) ncsn_die("waitpid: %s", strerror(errno));
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
+
+static int run_sample_child(const char *args) { return run_sample_child_log(args, NULL); }
 
 /* Writes a model-only checkpoint: the config, raw weights from init seed `raw_seed` and an
  * EMA copy from `ema_seed` (so the two are distinguishable). */
@@ -598,6 +601,26 @@ static void test_command(ncsn_backend *be) {
         free(orig);
         free(back);
     }
+
+    /* A diverged chain (a step size that overflows) stops with one line naming the samples,
+     * and writes none of them. */
+    char divlog[600], divdir[600], first_png[700];
+    snprintf(divlog, sizeof divlog, "%s/diverged.log", scratch);
+    snprintf(divdir, sizeof divdir, "%s/diverged", scratch);
+    snprintf(first_png, sizeof first_png, "%s/000000.png", divdir);
+    int div_rc = run_sample_child_log("--checkpoint @/ckpt.safetensors --n 4 --batch 4 --out @/diverged --seed 3 "
+                                      "--step-lr 1e38 --device cpu",
+                                      divlog);
+    uint8_t *div_bytes = NULL;
+    size_t div_len = file_bytes(divlog, &div_bytes);
+    char *div_text = div_bytes ? (char *)div_bytes : calloc(1, 1);
+    div_text[div_len] = 0;
+    EXPECT(div_rc == 1 && strstr(div_text, "the ald chain diverged") && strstr(div_text, "samples [0, 4)") &&
+               access(first_png, F_OK) != 0,
+           "--step-lr 1e38: exit %d, log:\n%s", div_rc, div_text);
+    const char *div_line = strstr(div_text, "ncsn: ");
+    printf("  ok   a diverged chain: exit %d: %s", div_rc, div_line ? div_line : div_text);
+    free(div_text);
 
     /* A different seed into the same output is refused. */
     EXPECT(run_sample_child("--checkpoint @/ckpt.safetensors --n 10 --batch 4 --out @/dir --seed 4 "

@@ -212,6 +212,12 @@ typedef struct ncsn_backend_ops {
     void (*gemm_nt)(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K);
     /* out = sum of squares of x, written to one float in backend memory (grad-norm). */
     void (*sum_squares)(ncsn_backend *be, float *out, const float *x, size_t n);
+    /* out[n] = sum of squares of x[n, :], n < N, one float each (the PC corrector's norms). */
+    void (*row_sum_squares)(ncsn_backend *be, float *out, const float *x, int N, size_t per_example);
+    /* The PC corrector's step as a one-level schedule for langevin_step_chain, from the
+     * row_sum_squares of the score (norms2[0, N)) and of the noise (norms2[N, 2N)):
+     * out[0] = a = ncsn_pc_corrector_step_size(norms2, N, snr), out[1] = sqrtf(2a). */
+    void (*pc_step_size)(ncsn_backend *be, float *out, const float *norms2, int N, double snr);
     /* g <- g * ncsn_clip_coef(*norm2, max_norm) with norm2 in backend memory (the
      * sum_squares output): gradient-norm clipping without reading the norm back. */
     void (*clip_by_norm)(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm);
@@ -303,6 +309,8 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_gemm_nt(be, ...) NCSN_OP(be, gemm_nt)(be, __VA_ARGS__)
 #define ncsn_sum_squares(be, ...) NCSN_OP(be, sum_squares)(be, __VA_ARGS__)
 #define ncsn_clip_by_norm(be, ...) NCSN_OP(be, clip_by_norm)(be, __VA_ARGS__)
+#define ncsn_row_sum_squares(be, ...) NCSN_OP(be, row_sum_squares)(be, __VA_ARGS__)
+#define ncsn_pc_step_size(be, ...) NCSN_OP(be, pc_step_size)(be, __VA_ARGS__)
 
 #ifdef __cplusplus
 }

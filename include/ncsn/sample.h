@@ -25,13 +25,12 @@
  *   the PC corrector's step size is ONE scalar per batch from batch-mean norms, so PC
  *   samples depend on which samples share their batch (documented, tested as such).
  * - Device residency: a chain enqueues backend ops only, so on CUDA nothing synchronises
- *   until the caller copies x back (ALD, plain Langevin, inpainting, interpolation). ALD
+ *   until the caller copies x back (every sampler). ALD
  *   and plain Langevin keep their whole schedule (each level's label, a_i and sqrt(2 a_i))
  *   and a step counter in backend memory, so one step is captured once as a CUDA graph
  *   and replayed for all L*T steps (NCSN_CUDA_GRAPHS=0 runs the ops directly instead; the
  *   results are identical). Inpainting and interpolation pass per-level scalars by value.
- *   PC reads two norms per corrector step back to the host (its step size depends on
- *   them): one sync per step.
+ *   PC computes its corrector step size from the batch norms on the backend too.
  */
 #ifndef NCSN_SAMPLE_H
 #define NCSN_SAMPLE_H

@@ -567,6 +567,23 @@ static void test_clip_and_logit(void) {
     ncsn_clip_by_norm(cpu, g.c, n, norm2.c, max_norm);
     ncsn_clip_by_norm(gpu, g.g, n, norm2.g, max_norm);
     compare("clip_by_norm (norm read on device)", "300007", &g, TOL_ULP);
+    /* The PC corrector's per-example norms (one block per row on CUDA) and step size. */
+    const int rows = 7;
+    const size_t per = 3 * 32 * 32;
+    pair xr = pair_random((size_t)rows * per, 1202, -2.0f, 2.0f), norms = pair_zero(2 * rows);
+    ncsn_row_sum_squares(cpu, norms.c, xr.c, rows, per);
+    ncsn_row_sum_squares(gpu, norms.g, xr.g, rows, per);
+    ncsn_row_sum_squares(cpu, norms.c + rows, xr.c, rows, per); /* stand-in noise norms */
+    ncsn_row_sum_squares(gpu, norms.g + rows, xr.g, rows, per);
+    compare("row_sum_squares", "7x3x32x32", &norms, TOL_REDUCE);
+    pair pcs = pair_zero(2);
+    ncsn_pc_step_size(cpu, pcs.c, norms.c, rows, 0.16);
+    ncsn_pc_step_size(gpu, pcs.g, norms.g, rows, 0.16);
+    compare("pc_step_size (a, sqrt(2a))", "7 examples", &pcs, TOL_REDUCE);
+    pair_free(&xr);
+    pair_free(&norms);
+    pair_free(&pcs);
+
     pair x = pair_random(n, 1201, 0.0f, 1.0f);
     ncsn_logit(cpu, x.c, n);
     ncsn_logit(gpu, x.g, n);
@@ -710,7 +727,7 @@ static void test_table_complete(const ncsn_backend *be) {
     ENTRY(sum_squares); ENTRY(host_alloc); ENTRY(host_free); ENTRY(fence_create); ENTRY(fence_record);
     ENTRY(fence_wait); ENTRY(fence_destroy); ENTRY(graph_begin); ENTRY(graph_end); ENTRY(graph_launch);
     ENTRY(graph_destroy); ENTRY(logit); ENTRY(langevin_step_chain); ENTRY(chain_labels); ENTRY(chain_advance);
-    ENTRY(clip_by_norm);
+    ENTRY(clip_by_norm); ENTRY(row_sum_squares); ENTRY(pc_step_size);
 #undef ENTRY
     harness_checks++;
     if (missing) harness_failures++;
