@@ -67,6 +67,14 @@ static void cpu_copy(ncsn_backend *be, void *dst, const void *src, size_t bytes)
     if (bytes && dst != src) memmove(dst, src, bytes);
 }
 
+static void cpu_copy_columns(ncsn_backend *be, float *dst, const float *src, size_t rows, size_t width,
+                             size_t cols) {
+    NCSN_CHECKF(cols <= width && (rows == 0 || cols == 0 || (dst && src)),
+                "copy_columns: %zu columns of rows of %zu (dst %p, src %p)", cols, width, (void *)dst,
+                (const void *)src);
+    for (size_t r = 0; r < rows; r++) memmove(dst + r * width, src + r * width, cols * sizeof(float));
+}
+
 static void cpu_copy_to_device(ncsn_backend *be, void *dst, const void *src_host, size_t bytes) {
     cpu_copy(be, dst, src_host, bytes);
 }
@@ -1086,6 +1094,7 @@ static const ncsn_backend_ops cpu_ops = {
     .copy_to_host = cpu_copy_to_host,
     .copy = cpu_copy,
     .synchronize = cpu_synchronize,
+    .copy_columns = cpu_copy_columns,
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_host_free,
     .fence_create = cpu_fence_create,

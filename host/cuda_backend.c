@@ -86,6 +86,17 @@ static void cuda_copy(ncsn_backend *be, void *dst, const void *src, size_t bytes
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_impl(be)->stream));
 }
 
+static void cuda_copy_columns(ncsn_backend *be, float *dst, const float *src, size_t rows, size_t width,
+                              size_t cols) {
+    NCSN_CHECKF(cols <= width && (rows == 0 || cols == 0 || (dst && src)),
+                "copy_columns: %zu columns of rows of %zu (dst %p, src %p)", cols, width, (void *)dst,
+                (const void *)src);
+    if (rows == 0 || cols == 0) return;
+    const size_t pitch = width * sizeof(float);
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, pitch, src, pitch, cols * sizeof(float), rows, cudaMemcpyDeviceToDevice,
+                                 cuda_impl(be)->stream));
+}
+
 static void cuda_synchronize(ncsn_backend *be) { CUDA_CHECK(cudaStreamSynchronize(cuda_impl(be)->stream)); }
 
 /* Page-locked: the DMA engine reads it directly, so cudaMemcpyAsync from it returns at
@@ -492,6 +503,7 @@ static const ncsn_backend_ops cuda_ops = {
     .copy_to_host = cuda_copy_to_host,
     .copy = cuda_copy,
     .synchronize = cuda_synchronize,
+    .copy_columns = cuda_copy_columns,
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
     .fence_create = cuda_fence_create,

@@ -772,6 +772,15 @@ static void test_chain_ops(void) {
     ncsn_logit(be, lx, n);
     harness_expect_close("  logit", lx, rl, n, 2e-6, 1e-6);
 
+    /* copy_columns: the left 3 of 7 columns of 5 rows; the rest of dst untouched. */
+    float *cs = buf_random(35), *cd = buf_random(35), *cd0 = buf_copy(cd, 35);
+    ncsn_copy_columns(be, cd, cs, 5, 7, 3);
+    int cols_ok = 1;
+    for (int r = 0; r < 5; r++)
+        for (int j = 0; j < 7; j++) cols_ok &= cd[r * 7 + j] == (j < 3 ? cs[r * 7 + j] : cd0[r * 7 + j]);
+    EXPECT(cols_ok, "copy_columns: wrong values (left 3 of 7 columns of 5 rows)");
+    ncsn_free(be, cs); ncsn_free(be, cd); ncsn_free(be, cd0);
+
     /* Staging memory and fences: zeroed memory; fences and graph_begin are no-ops here. */
     unsigned char *h = ncsn_host_alloc(be, 4096);
     int zero = 1;

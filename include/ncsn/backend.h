@@ -77,6 +77,9 @@ typedef struct ncsn_backend_ops {
     void (*copy_to_device)(ncsn_backend *be, void *dst, const void *src_host, size_t bytes);
     void (*copy_to_host)(ncsn_backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(ncsn_backend *be, void *dst, const void *src, size_t bytes);
+    /* The first `cols` floats of each of `rows` rows of `width` floats: dst[r][j] = src[r][j]
+     * for j < cols (a strided copy: cudaMemcpy2DAsync on CUDA). Inpainting's known half. */
+    void (*copy_columns)(ncsn_backend *be, float *dst, const float *src, size_t rows, size_t width, size_t cols);
     void (*synchronize)(ncsn_backend *be);
     /* Host staging memory the backend copies from without an intermediate copy: page-
      * locked (cudaHostAlloc) on CUDA, plain aligned memory on the CPU. copy_to_device from
@@ -260,6 +263,7 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_copy_to_device(be, d, s, bytes) NCSN_OP(be, copy_to_device)(be, d, s, bytes)
 #define ncsn_copy_to_host(be, d, s, bytes) NCSN_OP(be, copy_to_host)(be, d, s, bytes)
 #define ncsn_copy(be, d, s, bytes) NCSN_OP(be, copy)(be, d, s, bytes)
+#define ncsn_copy_columns(be, ...) NCSN_OP(be, copy_columns)(be, __VA_ARGS__)
 #define ncsn_synchronize(be) NCSN_OP(be, synchronize)(be)
 #define ncsn_host_alloc(be, bytes) NCSN_OP(be, host_alloc)(be, bytes)
 #define ncsn_host_free(be, p) NCSN_OP(be, host_free)(be, p)

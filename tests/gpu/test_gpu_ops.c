@@ -584,6 +584,14 @@ static void test_clip_and_logit(void) {
     pair_free(&norms);
     pair_free(&pcs);
 
+    /* Inpainting's strided copy: the left 16 of 32 columns of 4x3x32 rows. */
+    pair src = pair_random(4 * 3 * 32 * 32, 1203, -1.0f, 1.0f), dst = pair_random(4 * 3 * 32 * 32, 1204, 5.0f, 6.0f);
+    ncsn_copy_columns(cpu, dst.c, src.c, 4 * 3 * 32, 32, 16);
+    ncsn_copy_columns(gpu, dst.g, src.g, 4 * 3 * 32, 32, 16);
+    compare("copy_columns (cudaMemcpy2DAsync)", "384 rows, 16 of 32", &dst, TOL_EXACT);
+    pair_free(&src);
+    pair_free(&dst);
+
     pair x = pair_random(n, 1201, 0.0f, 1.0f);
     ncsn_logit(cpu, x.c, n);
     ncsn_logit(gpu, x.g, n);
@@ -727,7 +735,7 @@ static void test_table_complete(const ncsn_backend *be) {
     ENTRY(sum_squares); ENTRY(host_alloc); ENTRY(host_free); ENTRY(fence_create); ENTRY(fence_record);
     ENTRY(fence_wait); ENTRY(fence_destroy); ENTRY(graph_begin); ENTRY(graph_end); ENTRY(graph_launch);
     ENTRY(graph_destroy); ENTRY(logit); ENTRY(langevin_step_chain); ENTRY(chain_labels); ENTRY(chain_advance);
-    ENTRY(clip_by_norm); ENTRY(row_sum_squares); ENTRY(pc_step_size);
+    ENTRY(clip_by_norm); ENTRY(row_sum_squares); ENTRY(pc_step_size); ENTRY(copy_columns);
 #undef ENTRY
     harness_checks++;
     if (missing) harness_failures++;
