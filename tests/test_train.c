@@ -167,27 +167,6 @@ static void write_toy_config(const char *path, const char *algo, double lr, long
     write_text(path, text);
 }
 
-/* ---- metrics.jsonl --------------------------------------------------------------------- */
-
-/* The "loss" of every metrics line, in order. Returns the count. */
-static int read_losses(const char *workdir, double *out, int cap, long *steps) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", workdir);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char line[2048];
-    int n = 0;
-    while (n < cap && fgets(line, sizeof line, f)) {
-        const char *l = strstr(line, "\"loss\":"), *s = strstr(line, "\"step\":");
-        if (!l || !s) continue;
-        out[n] = strtod(l + 7, NULL);
-        if (steps) steps[n] = strtol(s + 7, NULL, 10);
-        n++;
-    }
-    fclose(f);
-    return n;
-}
-
 /* ---- checkpoint comparison ---------------------------------------------------------- */
 
 static int compare_checkpoints(const char *a_path, const char *b_path) {
@@ -260,7 +239,7 @@ static void test_toy_learns(void) {
     int rc = run_train(log, args);
     EXPECT(rc == 0, "toy training exit status %d; log:\n%s", rc, read_text(log));
     double loss[128];
-    int n = read_losses(dir, loss, 128, NULL);
+    int n = read_metric(dir, "loss", loss, NULL, 128);
     /* Per example the loss is 0.5 |sigma s + z|^2 with D = 2. Untrained it is ~1 (the first
      * 10 steps). The ideal score of a unit-variance mode gives (D/2) / (1 + sigma^2) per
      * level: ~1 at the small sigmas, which no network can beat, and 0.04 at sigma = 5, so
@@ -278,7 +257,7 @@ static void test_toy_learns(void) {
     char *args_ssm[] = {"--config", cfg, "--workdir", dir, "--device", "cpu", "--steps", "600", NULL};
     rc = run_train(log, args_ssm);
     EXPECT(rc == 0, "toy SSM training exit status %d; log:\n%s", rc, read_text(log));
-    n = read_losses(dir, loss, 128, NULL);
+    n = read_metric(dir, "loss", loss, NULL, 128);
     /* The SSM objective equals the score-matching loss minus a constant (E tr grad s +
      * 0.5|s|^2, weighted by sigma^2), so it goes below 0; it must fall from the start. On
      * the CPU it is logged from every step (finite differences, host loss). */
@@ -322,24 +301,6 @@ static void test_keep_last(void) {
 
 /* ---- 2. exact resume ------------------------------------------------------------------ */
 
-/* The "test_loss" values of metrics.jsonl in order, with their steps. */
-static int read_test_losses(const char *workdir, double *out, int cap, long *steps) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", workdir);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char line[2048];
-    int n = 0;
-    while (n < cap && fgets(line, sizeof line, f)) {
-        const char *l = strstr(line, "\"test_loss\":"), *s = strstr(line, "\"step\":");
-        if (!l || !s) continue;
-        out[n] = strtod(l + 12, NULL);
-        steps[n] = strtol(s + 7, NULL, 10);
-        n++;
-    }
-    fclose(f);
-    return n;
-}
 
 /* The runs read an MNIST-format folder with both splits and evaluate the test loss every
  * 10 steps (steps 10, 20, 30, 40: one of them at a log point, the others not), so resume
@@ -423,7 +384,8 @@ static void test_exact_resume(const char *data) {
     /* The resumed runs' metrics.jsonl equal the one run's, line for line up to the clock. */
     double la[16], lb[16], lc[16];
     long sa[16], sb[16], sc[16];
-    int na = read_losses(a, la, 16, sa), nb = read_losses(b, lb, 16, sb), nc = read_losses(c, lc, 16, sc);
+    int na = read_metric(a, "loss", la, sa, 16), nb = read_metric(b, "loss", lb, sb, 16);
+    int nc = read_metric(c, "loss", lc, sc, 16);
     int same = na == 8 && nb == na && nc == na;
     for (int i = 0; same && i < na; i++) same = sa[i] == sb[i] && sa[i] == sc[i] && la[i] == lb[i] && la[i] == lc[i];
     EXPECT(same, "metrics.jsonl losses differ between the runs (%d, %d, %d lines)", na, nb, nc);
@@ -431,7 +393,8 @@ static void test_exact_resume(const char *data) {
      * resumed runs evaluated 30 and 40 themselves). */
     double ta[8], tb[8], tc[8];
     long ka[8], kb[8], kc[8];
-    int ma = read_test_losses(a, ta, 8, ka), mb = read_test_losses(b, tb, 8, kb), mc = read_test_losses(c, tc, 8, kc);
+    int ma = read_metric(a, "test_loss", ta, ka, 8), mb = read_metric(b, "test_loss", tb, kb, 8);
+    int mc = read_metric(c, "test_loss", tc, kc, 8);
     int tsame = ma == 4 && mb == 4 && mc == 4;
     for (int i = 0; tsame && i < 4; i++)
         tsame = ka[i] == 10 * (i + 1) && kb[i] == ka[i] && kc[i] == ka[i] && isfinite(ta[i]) && ta[i] == tb[i] &&
@@ -581,7 +544,7 @@ static void test_fashion_mnist(void) {
     char *out = read_text(log);
     EXPECT(rc == 0 && strstr(out, "60000 examples"), "Fashion-MNIST run exit %d:\n%s", rc, out);
     double loss[4];
-    int n = read_losses(dir, loss, 4, NULL);
+    int n = read_metric(dir, "loss", loss, NULL, 4);
     /* An untrained v2 network gives 0.5 |f + z|^2 ~ D/2 = 392 and up per example. */
     EXPECT(n == 1 && isfinite(loss[0]) && loss[0] > 100 && loss[0] < 1e5, "Fashion-MNIST: %d log lines, loss %g", n,
            n ? loss[0] : NAN);

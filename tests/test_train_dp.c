@@ -105,24 +105,6 @@ static void write_config(const char *path) {
     write_text(path, text);
 }
 
-/* The "loss" and "step" of every metrics line. Returns the count. */
-static int read_losses(const char *workdir, double *out, long *steps, int cap) {
-    char path[600];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", workdir);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char line[2048];
-    int n = 0;
-    while (n < cap && fgets(line, sizeof line, f)) {
-        const char *l = strstr(line, "\"loss\":"), *s = strstr(line, "\"step\":");
-        if (!l || !s) continue;
-        out[n] = strtod(l + 7, NULL);
-        steps[n] = strtol(s + 7, NULL, 10);
-        n++;
-    }
-    fclose(f);
-    return n;
-}
 
 /* Compares two checkpoints: every metadata value and non-float tensor equal; every F32
  * tensor T within max_i |a_i - b_i| <= TENSOR_REL * max_i |a_i| (the error relative to the
@@ -265,7 +247,7 @@ int main(void) {
 
     double l1[8], l2[8];
     long s1[8], s2[8];
-    int n1 = read_losses(w1, l1, s1, 8), n2 = read_losses(w2, l2, s2, 8);
+    int n1 = read_metric(w1, "loss", l1, s1, 8), n2 = read_metric(w2, "loss", l2, s2, 8);
     int same = n1 == 2 && n2 == 2;
     double worst = 0.0;
     for (int i = 0; same && i < n1; i++) {
@@ -288,7 +270,7 @@ int main(void) {
                        "--nproc", "1", NULL};
     path_in(log, sizeof log, "resume1.log");
     expect_run("--nproc 1 run resumed with --nproc 1", log, resume1);
-    n2 = read_losses(w2, l2, s2, 8);
+    n2 = read_metric(w2, "loss", l2, s2, 8);
     EXPECT(n2 == 3 && s2[2] == 15 && isfinite(l2[2]), "resumed run: %d metrics lines, last step %ld loss %g", n2,
            n2 ? s2[n2 - 1] : -1L, n2 ? l2[n2 - 1] : NAN);
     snprintf(p1, sizeof p1, "%s/checkpoint_15.safetensors", w1);

@@ -64,6 +64,27 @@ static inline void child_log_to(const char *log) {
     setenv("NCSN_PROGRESS", "plain", 1);
 }
 
+/* The values of `"key":` in DIR/metrics.jsonl, in order, from the lines that have it (and
+ * a "step"); their steps into `steps` when not NULL. Returns the count (at most cap). */
+static inline int read_metric(const char *workdir, const char *key, double *out, long *steps, int cap) {
+    char path[600], needle[64];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", workdir);
+    snprintf(needle, sizeof needle, "\"%s\":", key);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[2048];
+    int n = 0;
+    while (n < cap && fgets(line, sizeof line, f)) {
+        const char *l = strstr(line, needle), *st = strstr(line, "\"step\":");
+        if (!l || !st) continue;
+        out[n] = strtod(l + strlen(needle), NULL);
+        if (steps) steps[n] = strtol(st + 7, NULL, 10);
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
