@@ -615,24 +615,6 @@ typedef struct {
     int baseline;     /* bench: run the PyTorch peer */
 } sample_args;
 
-static long parse_long_arg(const char *opt, const char *v, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi)
-        ncsn_die("%s: expected an integer in [%ld, %ld], got '%s'", opt, lo, hi, v);
-    return x;
-}
-
-static double parse_double_arg(const char *opt, const char *v) {
-    char *end = NULL;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(x) || x <= 0.0)
-        ncsn_die("%s: expected a positive number, got '%s'", opt, v);
-    return x;
-}
-
 static void parse_shard(const char *v, int *index, int *count) {
     int i = -1, m = -1, used = 0;
     if (sscanf(v, "%d/%d%n", &i, &m, &used) != 2 || v[used] || m < 1 || i < 0 || i >= m)
@@ -672,23 +654,23 @@ static void parse_sample_args(sample_args *a, int argc, char **argv, int bench) 
         else if (!strcmp(o, "--precision")) a->precision = VALUE();
         else if (!strcmp(o, "--data") && !bench) a->data = VALUE();
         else if (!strcmp(o, "--sampler")) a->sampler = VALUE();
-        else if (!strcmp(o, "--n") && !bench) a->n = parse_long_arg(o, VALUE(), 1, 2147483647L);
-        else if (!strcmp(o, "--batch")) a->batch = (int)parse_long_arg(o, VALUE(), 1, 1 << 20);
-        else if (!strcmp(o, "--seed")) a->seed = (uint64_t)parse_long_arg(o, VALUE(), 0, 0x7fffffffffffffffL);
+        else if (!strcmp(o, "--n") && !bench) a->n = ncsn_parse_long_flag(o, VALUE(), 1, 2147483647L);
+        else if (!strcmp(o, "--batch")) a->batch = (int)ncsn_parse_long_flag(o, VALUE(), 1, 1 << 20);
+        else if (!strcmp(o, "--seed")) a->seed = (uint64_t)ncsn_parse_long_flag(o, VALUE(), 0, 0x7fffffffffffffffL);
         else if (!strcmp(o, "--ema") && !bench) a->ema = 1;
         else if (!strcmp(o, "--no-ema") && !bench) a->ema = 0;
         else if (!strcmp(o, "--shard") && !bench) parse_shard(VALUE(), &a->shard_index, &a->shard_count);
-        else if (!strcmp(o, "--step-lr")) a->step_lr = parse_double_arg(o, VALUE());
-        else if (!strcmp(o, "--n-steps-each")) a->n_steps_each = (int)parse_long_arg(o, VALUE(), 1, 1 << 20);
+        else if (!strcmp(o, "--step-lr")) a->step_lr = ncsn_parse_double_flag(o, VALUE(), 1);
+        else if (!strcmp(o, "--n-steps-each")) a->n_steps_each = (int)ncsn_parse_long_flag(o, VALUE(), 1, 1 << 20);
         else if (!strcmp(o, "--denoise")) a->denoise = 1;
         else if (!strcmp(o, "--no-denoise")) a->denoise = 0;
-        else if (!strcmp(o, "--snr")) a->snr = parse_double_arg(o, VALUE());
+        else if (!strcmp(o, "--snr")) a->snr = ncsn_parse_double_flag(o, VALUE(), 1);
         else if (!strcmp(o, "--init") && !bench) a->init = parse_init(VALUE());
-        else if (!strcmp(o, "--n-interp") && !bench) a->n_interp = (int)parse_long_arg(o, VALUE(), 2, 1 << 16);
-        else if (!strcmp(o, "--per-ref") && !bench) a->per_ref = (int)parse_long_arg(o, VALUE(), 1, 1 << 20);
-        else if (!strcmp(o, "--nrow") && !bench) a->nrow = (int)parse_long_arg(o, VALUE(), 1, 1 << 16);
-        else if (!strcmp(o, "--max-batches") && !bench) a->max_batches = parse_long_arg(o, VALUE(), 1, 1L << 40);
-        else if (!strcmp(o, "--levels") && bench) a->levels = (int)parse_long_arg(o, VALUE(), 1, 1 << 20);
+        else if (!strcmp(o, "--n-interp") && !bench) a->n_interp = (int)ncsn_parse_long_flag(o, VALUE(), 2, 1 << 16);
+        else if (!strcmp(o, "--per-ref") && !bench) a->per_ref = (int)ncsn_parse_long_flag(o, VALUE(), 1, 1 << 20);
+        else if (!strcmp(o, "--nrow") && !bench) a->nrow = (int)ncsn_parse_long_flag(o, VALUE(), 1, 1 << 16);
+        else if (!strcmp(o, "--max-batches") && !bench) a->max_batches = ncsn_parse_long_flag(o, VALUE(), 1, 1L << 40);
+        else if (!strcmp(o, "--levels") && bench) a->levels = (int)ncsn_parse_long_flag(o, VALUE(), 1, 1 << 20);
         else if (!strcmp(o, "--no-baseline") && bench) a->baseline = 0;
         else ncsn_die("%s: unknown option '%s' (see `ncsn --help`)", bench ? "bench sampler" : "sample", o);
 #undef VALUE

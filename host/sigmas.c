@@ -256,22 +256,6 @@ static void sigmas_usage(FILE *f) {
             "IDX files, else a folder of images).\n");
 }
 
-static long parse_long_arg(const char *flag, const char *value, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || !end || *end || v < lo || v > hi) ncsn_die("%s: expected an integer in %ld..%ld, got '%s'", flag, lo, hi, value);
-    return v;
-}
-
-static double parse_double_arg(const char *flag, const char *value) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(value, &end);
-    if (errno || !end || *end || !isfinite(v)) ncsn_die("%s: expected a number, got '%s'", flag, value);
-    return v;
-}
-
 /* The dataset name for a --data path when no config says it. */
 static const char *infer_dataset(const char *path) {
     const char *base = strrchr(path, '/');
@@ -304,12 +288,12 @@ int ncsn_cmd_sigmas(int argc, char **argv) {
         else if (!strcmp(a, "--config")) config_path = v;
         else if (!strcmp(a, "--dataset")) dataset = v;
         else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--subset")) subset = parse_long_arg(a, v, 2, 1L << 40);
-        else if (!strcmp(a, "--image-size")) image_size = parse_long_arg(a, v, 1, 4096);
-        else if (!strcmp(a, "--channels")) channels = parse_long_arg(a, v, 1, 3);
-        else if (!strcmp(a, "--block")) block = parse_long_arg(a, v, 1, 16384);
-        else if (!strcmp(a, "--T")) T = parse_long_arg(a, v, 1, 100000);
-        else if (!strcmp(a, "--sigma-end")) sigma_end = parse_double_arg(a, v);
+        else if (!strcmp(a, "--subset")) subset = ncsn_parse_long_flag(a, v, 2, 1L << 40);
+        else if (!strcmp(a, "--image-size")) image_size = ncsn_parse_long_flag(a, v, 1, 4096);
+        else if (!strcmp(a, "--channels")) channels = ncsn_parse_long_flag(a, v, 1, 3);
+        else if (!strcmp(a, "--block")) block = ncsn_parse_long_flag(a, v, 1, 16384);
+        else if (!strcmp(a, "--T")) T = ncsn_parse_long_flag(a, v, 1, 100000);
+        else if (!strcmp(a, "--sigma-end")) sigma_end = ncsn_parse_double_flag(a, v, 0);
         else {
             sigmas_usage(stderr);
             ncsn_die("sigmas: unknown option '%s'", a);

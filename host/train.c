@@ -822,14 +822,6 @@ static void train_usage(FILE *f) {
                "batch, a multiple of K); under mpirun/srun the ranks come from the launcher (see comm.h).\n");
 }
 
-static long parse_long(const char *flag, const char *value, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || !end || *end || v < lo || v > hi) ncsn_die("%s: expected an integer in %ld..%ld, got '%s'", flag, lo, hi, value);
-    return v;
-}
-
 int ncsn_cmd_train(int argc, char **argv) {
     ncsn_train_options o;
     memset(&o, 0, sizeof o);
@@ -855,13 +847,13 @@ int ncsn_cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--data")) o.data_path = v;
         else if (!strcmp(a, "--device")) o.device = v;
         else if (!strcmp(a, "--precision")) o.precision = v;
-        else if (!strcmp(a, "--steps")) o.steps = parse_long(a, v, 1, 0x7fffffffL);
+        else if (!strcmp(a, "--steps")) o.steps = ncsn_parse_long_flag(a, v, 1, 0x7fffffffL);
         else if (!strcmp(a, "--seed")) {
-            o.seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
+            o.seed = (uint64_t)ncsn_parse_long_flag(a, v, 0, 0x7fffffffffffffffL);
             o.seed_given = 1;
-        } else if (!strcmp(a, "--keep-last")) o.keep_last = (int)parse_long(a, v, 0, 1000000);
-        else if (!strcmp(a, "--nproc")) o.nproc = (int)parse_long(a, v, 1, NCSN_COMM_SHM_MAX_RANKS);
-        else if (!strcmp(a, "--test-freq")) o.test_freq = parse_long(a, v, 0, 0x7fffffffL);
+        } else if (!strcmp(a, "--keep-last")) o.keep_last = (int)ncsn_parse_long_flag(a, v, 0, 1000000);
+        else if (!strcmp(a, "--nproc")) o.nproc = (int)ncsn_parse_long_flag(a, v, 1, NCSN_COMM_SHM_MAX_RANKS);
+        else if (!strcmp(a, "--test-freq")) o.test_freq = ncsn_parse_long_flag(a, v, 0, 0x7fffffffL);
         else {
             train_usage(stderr);
             ncsn_die("train: unknown option '%s'", a);
@@ -1264,11 +1256,11 @@ int ncsn_cmd_bench_train(int argc, char **argv) {
         }
         const char *v = argv[++i];
         if (!strcmp(a, "--config")) config_path = v;
-        else if (!strcmp(a, "--batch")) B = parse_long(a, v, 1, 1 << 20);
+        else if (!strcmp(a, "--batch")) B = ncsn_parse_long_flag(a, v, 1, 1 << 20);
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--precision")) precision = v;
-        else if (!strcmp(a, "--steps")) steps = parse_long(a, v, 1, 1 << 20);
-        else if (!strcmp(a, "--warmup")) warmup = parse_long(a, v, 0, 1 << 20);
+        else if (!strcmp(a, "--steps")) steps = ncsn_parse_long_flag(a, v, 1, 1 << 20);
+        else if (!strcmp(a, "--warmup")) warmup = ncsn_parse_long_flag(a, v, 0, 1 << 20);
         else ncsn_die("bench train: unknown option '%s'", a);
     }
     if (!config_path) ncsn_die("bench train: --config is required");

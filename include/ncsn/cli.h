@@ -19,6 +19,11 @@ int ncsn_cmd_bench_sampler(int argc, char **argv); /* host/sample.c */
 #include "ncsn/backend.h"
 #include "ncsn/config.h"
 #include "ncsn/model.h"
+/* Command-line values: a decimal integer in [lo, hi]; a finite number, > 0 when `positive`.
+ * Anything else is a one-line fatal error naming the flag and the text. */
+long ncsn_parse_long_flag(const char *flag, const char *text, long lo, long hi);
+double ncsn_parse_double_flag(const char *flag, const char *text, int positive);
+
 /* What ncsn_model_from_checkpoint loaded. */
 typedef struct {
     long long step;       /* training steps completed when the checkpoint was written */
