@@ -29,17 +29,7 @@
 #include "kernels/rng_math.h"
 #include "ncsn/backend.h"
 
-typedef struct {
-    const char *name;
-    int C, H, dilation;
-} bench_conv;
-
-/* Keep in sync with CONVS in bench/torch_ops.py. */
-static const bench_conv convs[] = {
-    {"128ch@32x32_d1", 128, 32, 1}, {"256ch@16x16_d1", 256, 16, 1}, {"256ch@16x16_d2", 256, 16, 2},
-    {"256ch@16x16_d4", 256, 16, 4}};
-enum { NCONV = sizeof convs / sizeof convs[0], NDIR = 3, BATCH = 32 };
-static const char *dir_names[NDIR] = {"forward", "backward_data", "backward_weights"};
+enum { NCONV = BENCH_NCONV, NDIR = BENCH_NDIR, BATCH = BENCH_BATCH };
 
 /* First "cpu MHz" of /proc/cpuinfo, 0 if unknown. */
 static double cpu_mhz(void) {
@@ -97,7 +87,7 @@ static void run_torch(int runs, const char *conv_name, double torch_gflops[NDIR]
     while (fgets(line, sizeof line, p)) {
         if (sscanf(line, "conv %63s %63s %lf %lf", name, dir, &ms, &gflops) != 4 || strcmp(name, conv_name)) continue;
         for (int d = 0; d < NDIR; d++)
-            if (!strcmp(dir, dir_names[d])) {
+            if (!strcmp(dir, bench_dir_names[d])) {
                 torch_gflops[d] = gflops;
                 got++;
             }
@@ -133,35 +123,21 @@ int main(int argc, char **argv) {
     double engine_gflops[NCONV][NDIR], engine_ms[NCONV][NDIR], torch_gflops[NCONV][NDIR];
     memset(torch_gflops, 0, sizeof torch_gflops);
     for (int c = 0; c < NCONV; c++) {
-        const bench_conv *bc = &convs[c];
-        ncsn_conv_desc d = {BATCH, bc->C, bc->H, bc->H, bc->C, 3, bc->dilation, 1};
-        size_t nact = (size_t)BATCH * bc->C * bc->H * bc->H, nw = (size_t)bc->C * bc->C * 9;
-        float *x = ncsn_alloc(be, nact * sizeof(float)), *y = ncsn_alloc(be, nact * sizeof(float));
-        float *dy = ncsn_alloc(be, nact * sizeof(float)), *dx = ncsn_alloc(be, nact * sizeof(float));
-        float *w = ncsn_alloc(be, nw * sizeof(float)), *dw = ncsn_alloc(be, nw * sizeof(float));
-        float *b = ncsn_alloc(be, bc->C * sizeof(float)), *db = ncsn_alloc(be, bc->C * sizeof(float));
-        bench_fill(x, nact, 1, 1.0f, 0.0f);
-        bench_fill(dy, nact, 2, 1.0f, 0.0f);
-        bench_fill(w, nw, 3, 0.03f, 0.0f);
-        bench_fill(b, bc->C, 4, 0.1f, 0.0f);
-        double flops = 2.0 * BATCH * bc->C * bc->C * 9.0 * bc->H * bc->H;
+        const bench_conv *bc = &bench_convs[c];
+        bench_conv_tensors t = bench_conv_create(be, bc);
         for (int dir = 0; dir < NDIR; dir++) {
             double *times = malloc(sizeof(double) * (size_t)runs);
             for (int r = -1; r < runs; r++) {
                 double t0 = now_ms();
-                if (dir == 0) ncsn_conv2d_forward(be, y, x, w, b, &d);
-                if (dir == 1) ncsn_conv2d_backward_data(be, dx, dy, w, &d, 0);
-                if (dir == 2) ncsn_conv2d_backward_weights_accumulate(be, dw, db, x, dy, &d);
-                ncsn_synchronize(be);
+                bench_conv_run(be, &t, dir);
                 if (r >= 0) times[r] = now_ms() - t0;
             }
             qsort(times, (size_t)runs, sizeof(double), cmp_double);
             engine_ms[c][dir] = times[runs / 2];
-            engine_gflops[c][dir] = flops / (engine_ms[c][dir] * 1e-3) * 1e-9;
+            engine_gflops[c][dir] = t.flops / (engine_ms[c][dir] * 1e-3) * 1e-9;
             free(times);
         }
-        ncsn_free(be, x); ncsn_free(be, y); ncsn_free(be, dy); ncsn_free(be, dx);
-        ncsn_free(be, w); ncsn_free(be, dw); ncsn_free(be, b); ncsn_free(be, db);
+        bench_conv_free(be, &t);
         if (with_torch) run_torch(runs, bc->name, torch_gflops[c]);
     }
     ncsn_cpu_backend_destroy(be);
@@ -175,7 +151,7 @@ int main(int argc, char **argv) {
                 snprintf(torch_col, sizeof torch_col, "%.1f", torch_gflops[c][dir]);
                 snprintf(ratio, sizeof ratio, "%.2fx", engine_gflops[c][dir] / torch_gflops[c][dir]);
             }
-            printf("%-16s %-17s %9.2f %9.1f %8s %9s %8s\n", convs[c].name, dir_names[dir], engine_ms[c][dir],
+            printf("%-16s %-17s %9.2f %9.1f %8s %9s %8s\n", bench_convs[c].name, bench_dir_names[dir], engine_ms[c][dir],
                    engine_gflops[c][dir], peak_frac, torch_col, ratio);
         }
     printf("load average at end: %.2f\n", load_average());

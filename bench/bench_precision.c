@@ -25,25 +25,8 @@
 #include "kernels/rng_math.h"
 #include "ncsn/backend.h"
 
-typedef struct {
-    const char *name;
-    int C, H, dilation;
-} bench_conv;
-
-static const bench_conv convs[] = {
-    {"128ch@32x32_d1", 128, 32, 1}, {"256ch@16x16_d1", 256, 16, 1}, {"256ch@16x16_d2", 256, 16, 2},
-    {"256ch@16x16_d4", 256, 16, 4}};
-enum { NCONV = sizeof convs / sizeof convs[0], NDIR = 3, NPREC = 2, BATCH = 32 };
-static const char *const dir_names[NDIR] = {"forward", "backward_data", "backward_weights"};
+enum { NCONV = BENCH_NCONV, NDIR = BENCH_NDIR, NPREC = 2, BATCH = BENCH_BATCH };
 static const ncsn_precision precisions[NPREC] = {NCSN_PRECISION_FP32, NCSN_PRECISION_BF16};
-
-static void run_direction(ncsn_backend *be, int dir, const ncsn_conv_desc *d, float *y, float *dx, float *dw,
-                          float *db, const float *x, const float *dy, const float *w, const float *b) {
-    if (dir == 0) ncsn_conv2d_forward(be, y, x, w, b, d);
-    if (dir == 1) ncsn_conv2d_backward_data(be, dx, dy, w, d, 0);
-    if (dir == 2) ncsn_conv2d_backward_weights_accumulate(be, dw, db, x, dy, d);
-    ncsn_synchronize(be);
-}
 
 int main(int argc, char **argv) {
     int runs = argc > 1 ? atoi(argv[1]) : 5;
@@ -67,39 +50,28 @@ int main(int argc, char **argv) {
     double *times[NPREC];
     for (int p = 0; p < NPREC; p++) times[p] = malloc(sizeof(double) * (size_t)runs);
     for (int c = 0; c < NCONV; c++) {
-        const bench_conv *bc = &convs[c];
-        ncsn_conv_desc d = {BATCH, bc->C, bc->H, bc->H, bc->C, 3, bc->dilation, 1};
-        size_t nact = (size_t)BATCH * bc->C * bc->H * bc->H, nw = (size_t)bc->C * bc->C * 9;
-        float *x = ncsn_alloc(be, nact * sizeof(float)), *y = ncsn_alloc(be, nact * sizeof(float));
-        float *dy = ncsn_alloc(be, nact * sizeof(float)), *dx = ncsn_alloc(be, nact * sizeof(float));
-        float *w = ncsn_alloc(be, nw * sizeof(float)), *dw = ncsn_alloc(be, nw * sizeof(float));
-        float *b = ncsn_alloc(be, bc->C * sizeof(float)), *db = ncsn_alloc(be, bc->C * sizeof(float));
-        bench_fill(x, nact, 1, 1.0f, 0.0f);
-        bench_fill(dy, nact, 2, 1.0f, 0.0f);
-        bench_fill(w, nw, 3, 0.03f, 0.0f);
-        bench_fill(b, bc->C, 4, 0.1f, 0.0f);
-        double flops = 2.0 * BATCH * bc->C * bc->C * 9.0 * bc->H * bc->H;
+        const bench_conv *bc = &bench_convs[c];
+        bench_conv_tensors t = bench_conv_create(be, bc);
         for (int dir = 0; dir < NDIR; dir++) {
             for (int r = -1; r < runs; r++)
                 for (int p = 0; p < NPREC; p++) {
                     be->precision = precisions[p];
                     double t0 = now_ms();
-                    run_direction(be, dir, &d, y, dx, dw, db, x, dy, w, b);
+                    bench_conv_run(be, &t, dir);
                     if (r >= 0) times[p][r] = now_ms() - t0;
                 }
             for (int p = 0; p < NPREC; p++) {
                 qsort(times[p], (size_t)runs, sizeof(double), cmp_double);
                 ms[c][dir][p] = times[p][runs / 2];
-                gflops[c][dir][p] = flops / (ms[c][dir][p] * 1e-3) * 1e-9;
+                gflops[c][dir][p] = t.flops / (ms[c][dir][p] * 1e-3) * 1e-9;
                 be->precision = precisions[p];
-                ncsn_precision ran = cpu_conv_effective_precision(be, &d, (cpu_conv_direction)dir, &impl[c][dir][p]);
+                ncsn_precision ran = cpu_conv_effective_precision(be, &t.d, (cpu_conv_direction)dir, &impl[c][dir][p]);
                 if (ran != precisions[p])
                     printf("note: %s %s asked for bf16 but runs in fp32 (no bf16 primitive on this CPU)\n", bc->name,
-                           dir_names[dir]);
+                           bench_dir_names[dir]);
             }
         }
-        ncsn_free(be, x); ncsn_free(be, y); ncsn_free(be, dy); ncsn_free(be, dx);
-        ncsn_free(be, w); ncsn_free(be, dw); ncsn_free(be, b); ncsn_free(be, db);
+        bench_conv_free(be, &t);
     }
     for (int p = 0; p < NPREC; p++) free(times[p]);
 
@@ -109,7 +81,7 @@ int main(int argc, char **argv) {
     memset(total_dir, 0, sizeof total_dir);
     for (int c = 0; c < NCONV; c++)
         for (int dir = 0; dir < NDIR; dir++) {
-            printf("%-16s %-17s %9.2f %9.1f %9.2f %9.1f %6.2fx  %s / %s\n", convs[c].name, dir_names[dir],
+            printf("%-16s %-17s %9.2f %9.1f %9.2f %9.1f %6.2fx  %s / %s\n", bench_convs[c].name, bench_dir_names[dir],
                    ms[c][dir][0], gflops[c][dir][0], ms[c][dir][1], gflops[c][dir][1], ms[c][dir][0] / ms[c][dir][1],
                    impl[c][dir][0], impl[c][dir][1]);
             for (int p = 0; p < NPREC; p++) {
@@ -118,7 +90,7 @@ int main(int argc, char **argv) {
             }
         }
     for (int dir = 0; dir < NDIR; dir++)
-        printf("all four layers, %-17s fp32 %8.1f ms  bf16 %8.1f ms  ratio %.2fx\n", dir_names[dir],
+        printf("all four layers, %-17s fp32 %8.1f ms  bf16 %8.1f ms  ratio %.2fx\n", bench_dir_names[dir],
                total_dir[dir][0], total_dir[dir][1], total_dir[dir][0] / total_dir[dir][1]);
     printf("all four layers, all directions  fp32 %8.1f ms  bf16 %8.1f ms  ratio %.2fx\n", total[0], total[1],
            total[0] / total[1]);
