@@ -128,8 +128,9 @@ def bench_sampler(cfg, model, args, gen):
     model.eval()
 
     def step():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            grad = model(state["x"], labels).float()
         with torch.no_grad():
-            grad = model(state["x"], labels)
             noise = torch.randn(state["x"].shape, generator=gen)
             state["x"] = state["x"] + a * grad + noise * (2 * a) ** 0.5
 
@@ -149,6 +150,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="sampler mode: bf16 runs the network under torch.autocast('cpu', bfloat16)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -157,6 +160,7 @@ def main():
     cfg = ncsn_torch.load_config(args.config)
     model = ncsn_torch.get_model(cfg)
     result = {"peer": "pytorch", "torch": torch.__version__, "mode": args.mode, "config": args.config,
+              "precision": args.precision,
               "arch": cfg.model.arch, "batch": args.batch, "threads": args.threads, "iters": args.iters,
               "params": sum(p.numel() for p in model.parameters())}
     result.update({"model": bench_model, "train": bench_train, "sampler": bench_sampler}[args.mode](cfg, model, args, gen))

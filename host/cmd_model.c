@@ -198,8 +198,7 @@ int ncsn_cmd_score(int argc, char **argv) {
     return 0;
 }
 
-/* Reads one line of `key: value` JSON numbers printed by bench/torch_baseline.py --json. */
-static int json_number(const char *json, const char *key, double *out) {
+int ncsn_json_number(const char *json, const char *key, double *out) {
     char pattern[96];
     snprintf(pattern, sizeof pattern, "\"%s\"", key);
     const char *p = strstr(json, pattern);
@@ -209,21 +208,25 @@ static int json_number(const char *json, const char *key, double *out) {
     return sscanf(p + 1, "%lf", out) == 1;
 }
 
-/* Runs the PyTorch peer; returns 1 and fills `line` with its JSON output on success. */
-int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, char *line, size_t linelen) {
+int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, const char *extra, char *line,
+                            size_t linelen) {
     FILE *probe = fopen("bench/torch_baseline.py", "r");
     if (!probe) {
         fprintf(stderr, "torch peer: bench/torch_baseline.py not found (run from the repository root)\n");
         return 0;
     }
     fclose(probe);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 bench/torch_baseline.py --mode %s --config '%s' --batch %d --json",
-             mode, config, batch);
+    if (strchr(config, '\'')) {
+        fprintf(stderr, "torch peer: skipped (a quote in the config path)\n");
+        return 0;
+    }
+    char cmd[4800];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 bench/torch_baseline.py --mode %s --config '%s' --batch %d %s --json",
+             mode, config, batch, extra ? extra : "");
     FILE *f = popen(cmd, "r");
     if (!f) return 0;
     int found = 0;
-    char buf[4096];
+    char buf[8192];
     while (fgets(buf, sizeof buf, f))
         if (buf[0] == '{') {
             snprintf(line, linelen, "%s", buf);
@@ -231,7 +234,9 @@ int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, cha
         }
     int status = pclose(f);
     if (status != 0 || !found) {
-        fprintf(stderr, "torch peer: '%s' failed (status %d); no ratio printed\n", cmd, status);
+        fprintf(stderr, "torch peer: '%s' failed (status %d; needs /usr/bin/python3 with PyTorch: apt-get install "
+                        "python3-torch); no ratio printed\n",
+                cmd, status);
         return 0;
     }
     return 1;
@@ -295,8 +300,8 @@ int ncsn_cmd_bench_model(int argc, char **argv) {
     if (torch && be->kind == NCSN_DEVICE_CPU) {
         char line[4096];
         double tf, tfb;
-        if (ncsn_run_torch_baseline("model", path, batch, line, sizeof line) &&
-            json_number(line, "fwd_images_per_s", &tf) && json_number(line, "fwdbwd_images_per_s", &tfb)) {
+        if (ncsn_run_torch_baseline("model", path, batch, NULL, line, sizeof line) &&
+            ncsn_json_number(line, "fwd_images_per_s", &tf) && ncsn_json_number(line, "fwdbwd_images_per_s", &tfb)) {
             printf("  pytorch forward  %8.2f images/s  -> ncsn/pytorch %.2fx\n", tf, batch / fwd / tf);
             printf("  pytorch fwd+bwd  %8.2f images/s  -> ncsn/pytorch %.2fx\n", tfb, batch / fwdbwd / tfb);
         }

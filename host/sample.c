@@ -1242,18 +1242,6 @@ int ncsn_cmd_sample(int argc, char **argv) {
 /* ====================================================================================== */
 
 /* The number after "key": in a one-line JSON object, or -1. */
-static double json_number(const char *json, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(json, pat);
-    if (!p) return -1.0;
-    p += strlen(pat);
-    while (isspace((unsigned char)*p)) p++;
-    char *end = NULL;
-    double v = strtod(p, &end);
-    return end == p ? -1.0 : v;
-}
-
 int ncsn_cmd_bench_sampler(int argc, char **argv) {
     sample_args a;
     parse_sample_args(&a, argc, argv, 1);
@@ -1299,26 +1287,21 @@ int ncsn_cmd_bench_sampler(int argc, char **argv) {
            o.n_steps_each, nfe, chain_s, B / chain_s);
 
     if (a.baseline && be->kind == NCSN_DEVICE_CPU) {
-        char cmd[2048];
-        snprintf(cmd, sizeof cmd,
-                 "/usr/bin/python3 bench/torch_baseline.py --mode sampler --config '%s' --batch %d --json 2>&1",
-                 a.config, B);
-        FILE *p = popen(cmd, "r");
-        char line[8192] = "", last_json[8192] = "";
-        if (p) {
-            while (fgets(line, sizeof line, p))
-                if (line[0] == '{') snprintf(last_json, sizeof last_json, "%s", line);
-            int status = pclose(p);
-            double torch_step = json_number(last_json, "step_s");
-            if (status == 0 && torch_step > 0.0) {
-                printf("  pytorch (same chain step, same machine): %.4f s per step, %.4g images/s\n", torch_step,
-                       B / (torch_step * (double)nfe));
-                printf("  ratio ncsn / pytorch: %.2fx\n", torch_step / step_s);
-            } else {
-                printf("  pytorch baseline unavailable (%s exited with status %d)\n", "bench/torch_baseline.py", status);
-            }
-        } else {
-            printf("  pytorch baseline unavailable (popen: %s)\n", strerror(errno));
+        /* The peer as the official code runs (fp32); when ncsn samples in bf16, also the peer
+         * under torch.autocast(bfloat16), so both the product-to-product and the
+         * like-for-like ratio are on record. */
+        const char *peers[2] = {"--precision fp32", "--precision bf16"};
+        int n_peers = be->precision == NCSN_PRECISION_BF16 ? 2 : 1;
+        for (int k = 0; k < n_peers; k++) {
+            char line[8192];
+            double torch_step = 0.0;
+            if (!ncsn_run_torch_baseline("sampler", a.config, B, peers[k], line, sizeof line) ||
+                !ncsn_json_number(line, "step_s", &torch_step) || torch_step <= 0.0)
+                break;
+            printf("  pytorch %s (same chain step, same machine): %.4f s per step, %.4g images/s\n",
+                   k ? "bf16 autocast" : "fp32", torch_step, B / (torch_step * (double)nfe));
+            printf("  ratio ncsn %s / pytorch %s: %.2fx\n", ncsn_precision_name(be->precision), k ? "bf16" : "fp32",
+                   torch_step / step_s);
         }
     }
     ncsn_sampler_free(s);

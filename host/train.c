@@ -1212,29 +1212,6 @@ int ncsn_train(const ncsn_train_options *o) {
 
 /* ---- ncsn bench train ------------------------------------------------------------------- */
 
-/* Runs the PyTorch peer (bench/torch_baseline.py --mode train) and returns its images/s
- * from the JSON line it prints, or -1 when it cannot run (no PyTorch: the peer is optional). */
-static double torch_train_images_per_s(const char *config, int B, double *steps_per_s) {
-    char cmd[4600];
-    int n = snprintf(cmd, sizeof cmd,
-                     "/usr/bin/python3 bench/torch_baseline.py --mode train --config '%s' --batch %d --json 2>&1",
-                     config, B);
-    if (n < 0 || (size_t)n >= sizeof cmd || strchr(config, '\'')) return -1.0;
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1.0;
-    char line[8192];
-    double images = -1.0;
-    while (fgets(line, sizeof line, p)) {
-        const char *s = strstr(line, "\"images_per_s\":");
-        const char *t = strstr(line, "\"steps_per_s\":");
-        if (s) images = strtod(s + 15, NULL);
-        if (t && steps_per_s) *steps_per_s = strtod(t + 14, NULL);
-        if (!s) fprintf(stderr, "  torch_baseline: %s", line);
-    }
-    int status = pclose(p);
-    return status == 0 ? images : -1.0;
-}
-
 int ncsn_cmd_bench_train(int argc, char **argv) {
     const char *config_path = NULL, *device = "auto", *precision = NULL;
     long B = 0, steps = 0, warmup = 2;
@@ -1300,14 +1277,14 @@ int ncsn_cmd_bench_train(int argc, char **argv) {
     printf("ncsn   train step %8.3f steps/s  %9.2f images/s  (%s, batch %ld, %.1f ms/step)\n", steps_per_s,
            images_per_s, be->ops->name, B, 1e3 * seconds / (double)steps);
     if (on_cpu && run_torch) {
-        double torch_steps = 0.0;
-        double torch_images = torch_train_images_per_s(config_path, (int)B, &torch_steps);
-        if (torch_images > 0) {
+        char line[8192];
+        double torch_steps = 0.0, torch_images = 0.0;
+        if (ncsn_run_torch_baseline("train", config_path, (int)B, NULL, line, sizeof line) &&
+            ncsn_json_number(line, "images_per_s", &torch_images) && ncsn_json_number(line, "steps_per_s", &torch_steps) &&
+            torch_images > 0) {
             printf("torch  train step %8.3f steps/s  %9.2f images/s  (bench/torch_baseline.py, same machine)\n",
                    torch_steps, torch_images);
             printf("ratio  ncsn / torch = %.2fx\n", images_per_s / torch_images);
-        } else {
-            printf("torch  peer unavailable (needs /usr/bin/python3 with PyTorch: apt-get install python3-torch)\n");
         }
     }
     free(x);

@@ -39,8 +39,13 @@ typedef struct {
  * filled; info may be NULL. */
 ncsn_model *ncsn_model_from_checkpoint(ncsn_backend *be, const char *ckpt_path, const char *config_path, int ema,
                                        ncsn_config *cfg, ncsn_loaded_model_info *info);
-/* Runs `/usr/bin/python3 bench/torch_baseline.py --mode MODE --config F --batch B --json`
- * and returns 1 with its JSON line in `line`, or 0 (with a message) when it cannot run. */
-int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, char *line, size_t linelen);
+/* Runs `/usr/bin/python3 bench/torch_baseline.py --mode MODE --config F --batch B [EXTRA]
+ * --json` (the PyTorch peer of the benches; EXTRA may be NULL) and returns 1 with its JSON
+ * line in `line`, or 0 with a one-line note on stderr when it cannot run (no PyTorch, not
+ * run from the repository root). */
+int ncsn_run_torch_baseline(const char *mode, const char *config, int batch, const char *extra, char *line,
+                            size_t linelen);
+/* The number after "key": in that JSON line; 0 when absent. */
+int ncsn_json_number(const char *json, const char *key, double *out);
 
 #endif
