@@ -123,7 +123,9 @@ struct ncsn_fence {
 
 static ncsn_fence *cuda_fence_create(ncsn_backend *be) {
     ncsn_fence *f = ncsn_xcalloc(1, sizeof *f);
-    CUDA_CHECK(cudaEventCreateWithFlags(&f->event, cudaEventDisableTiming));
+    /* Blocking sync: the host thread sleeps in fence_wait instead of spinning a core that
+     * the data loader's thread wants. */
+    CUDA_CHECK(cudaEventCreateWithFlags(&f->event, cudaEventDisableTiming | cudaEventBlockingSync));
     return f;
 }
 
@@ -152,6 +154,8 @@ static void cuda_fence_destroy(ncsn_backend *be, ncsn_fence *f) {
 struct ncsn_graph {
     cudaGraphExec_t exec;
     size_t nodes;
+    /* The shared workspace the capture baked into the graph's cuDNN and scratch nodes. */
+    const void *workspace;
 };
 
 static int cuda_graph_begin(ncsn_backend *be) {
@@ -171,6 +175,7 @@ static ncsn_graph *cuda_graph_end(ncsn_backend *be) {
     ncsn_graph *g = ncsn_xcalloc(1, sizeof *g);
     CUDA_CHECK(cudaGraphGetNodes(graph, NULL, &g->nodes));
     CUDA_CHECK(cudaGraphInstantiate(&g->exec, graph, 0));
+    g->workspace = cuda_impl(be)->workspace;
     CUDA_CHECK(cudaGraphDestroy(graph)); /* the executable graph is independent of it */
     /* Upload now, so the first replay does not pay for it inside a timed loop. */
     CUDA_CHECK(cudaGraphUpload(g->exec, cuda_impl(be)->stream));
@@ -179,6 +184,11 @@ static ncsn_graph *cuda_graph_end(ncsn_backend *be) {
 
 static void cuda_graph_launch(ncsn_backend *be, ncsn_graph *g) {
     NCSN_CHECKF(g, "graph_launch: NULL graph");
+    /* An op run eagerly after the capture may have grown (freed and reallocated) the
+     * workspace; a replay would then read and write freed memory. */
+    NCSN_CHECKF(g->workspace == cuda_impl(be)->workspace,
+                "graph_launch: the shared workspace was reallocated after this graph was captured "
+                "(an op outside the graph needed more); destroy the graph and capture it again");
     CUDA_CHECK(cudaGraphLaunch(g->exec, cuda_impl(be)->stream));
 }
 
@@ -555,8 +565,11 @@ static const ncsn_backend_ops cuda_ops = {
     .pc_step_size = cuda_pc_step_size,
 };
 
-/* The cuDNN graph API features used here (device-properties descriptors) need 9.8. */
-#define CUDNN_MIN_RUNTIME_VERSION 90800
+/* The cuDNN the binary was compiled against, or newer: cuDNN 9 keeps older applications
+ * working on newer libraries, not the reverse, and the graph API is used here as the
+ * compile-time headers define it (no handle on operation graphs, device-properties
+ * descriptors, which need 9.8 at least). */
+#define CUDNN_MIN_RUNTIME_VERSION CUDNN_VERSION
 
 ncsn_backend *ncsn_cuda_backend_create(char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';

@@ -13,7 +13,10 @@
  *
  * Precision. NCSN_PRECISION_FP32 is strict fp32: engines whose numerical notes say they
  * use tensor cores (TF32 on fp32 data), down-convert inputs, or reduce in lower
- * precision are skipped, exactly as PyTorch does with allow_tf32 off. TF32 accepts them.
+ * precision are skipped, exactly as PyTorch does with allow_tf32 off. TF32 accepts tensor
+ * cores and reduced-precision reductions, but still not DOWN_CONVERT_INPUTS: on fp32 data
+ * that note means the inputs are converted to fp16 (5 exponent bits: |x| > 65504 becomes
+ * inf), which is not TF32; PyTorch drops those engines in every mode too.
  * The comp type is fp32 in every case. With be->deterministic, engines noted
  * NONDETERMINISTIC are skipped too.
  *
@@ -221,6 +224,7 @@ static int engine_allowed(cudnnBackendDescriptor_t engine, ncsn_precision precis
             (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
              note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION))
             return 0;
+        if (precision == NCSN_PRECISION_TF32 && note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) return 0;
         if (deterministic && note == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) return 0;
     }
     return 1;

@@ -61,19 +61,27 @@ extern "C" void ncsn_cuda_mean_pool2_backward(cudaStream_t stream, float *din, c
 #define POOL5_RADIUS 2
 #define POOL5_AREA 25.0f /* count_include_pad=True: border windows still divide by 25 */
 
+/* Sum of the 5x5 window of plane p around (y, x), in the CPU backend's order (its
+ * separable box filter): each row's in-range taps left to right, then the 5 row sums top
+ * to bottom. Skipped padding taps are the CPU's zero pads (x + 0 == x), so the two
+ * backends agree bit for bit, which tests/gpu/test_gpu_ops.c checks. */
+static inline __device__ float box5_sum(const float *p, int H, int W, int y, int x) {
+    float total = 0.0f;
+    for (int yy = y - POOL5_RADIUS; yy <= y + POOL5_RADIUS; yy++) {
+        if (yy < 0 || yy >= H) continue;
+        float row = 0.0f;
+        for (int xx = x - POOL5_RADIUS; xx <= x + POOL5_RADIUS; xx++)
+            if (xx >= 0 && xx < W) row += p[(size_t)yy * W + xx];
+        total += row;
+    }
+    return total;
+}
+
 static __global__ void avg_pool5_forward_kernel(float *out, const float *in, int H, int W, size_t n) {
     NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
         size_t plane = i / ((size_t)H * W);
         int r = (int)(i % ((size_t)H * W));
-        int y = r / W, x = r % W;
-        const float *p = in + plane * H * W;
-        float sum = 0.0f;
-        for (int yy = y - POOL5_RADIUS; yy <= y + POOL5_RADIUS; yy++) {
-            if (yy < 0 || yy >= H) continue;
-            for (int xx = x - POOL5_RADIUS; xx <= x + POOL5_RADIUS; xx++)
-                if (xx >= 0 && xx < W) sum += p[(size_t)yy * W + xx];
-        }
-        out[i] = sum / POOL5_AREA;
+        out[i] = box5_sum(in + plane * H * W, H, W, r / W, r % W) / POOL5_AREA;
     }
 }
 
@@ -84,15 +92,7 @@ static __global__ void avg_pool5_backward_kernel(float *din, const float *dout, 
     NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
         size_t plane = i / ((size_t)H * W);
         int r = (int)(i % ((size_t)H * W));
-        int y = r / W, x = r % W;
-        const float *g = dout + plane * H * W;
-        float sum = 0.0f;
-        for (int oy = y - POOL5_RADIUS; oy <= y + POOL5_RADIUS; oy++) {
-            if (oy < 0 || oy >= H) continue;
-            for (int ox = x - POOL5_RADIUS; ox <= x + POOL5_RADIUS; ox++)
-                if (ox >= 0 && ox < W) sum += g[(size_t)oy * W + ox];
-        }
-        float value = sum / POOL5_AREA;
+        float value = box5_sum(dout + plane * H * W, H, W, r / W, r % W) / POOL5_AREA;
         din[i] = accumulate ? din[i] + value : value;
     }
 }
