@@ -158,12 +158,15 @@ struct ncsn_graph {
     const void *workspace;
 };
 
+int ncsn_cuda_capturing = 0;
+
 static int cuda_graph_begin(ncsn_backend *be) {
 #ifdef NCSN_CUDA_SYNC_EVERY_LAUNCH
     /* The debug build synchronises after every launch, which capture forbids: no graphs. */
     return 0;
 #else
     CUDA_CHECK(cudaStreamBeginCapture(cuda_impl(be)->stream, cudaStreamCaptureModeThreadLocal));
+    ncsn_cuda_capturing = 1;
     return 1;
 #endif
 }
@@ -171,10 +174,11 @@ static int cuda_graph_begin(ncsn_backend *be) {
 static ncsn_graph *cuda_graph_end(ncsn_backend *be) {
     cudaGraph_t graph = NULL;
     CUDA_CHECK(cudaStreamEndCapture(cuda_impl(be)->stream, &graph));
-    NCSN_CHECKF(graph != NULL, "graph_end: the capture produced no graph");
+    NCSN_CHECKF(graph != NULL, "graph_end: the capture produced no graph (NCSN_CUDA_GRAPHS=0 runs without graphs)");
     ncsn_graph *g = ncsn_xcalloc(1, sizeof *g);
     CUDA_CHECK(cudaGraphGetNodes(graph, NULL, &g->nodes));
     CUDA_CHECK(cudaGraphInstantiate(&g->exec, graph, 0));
+    ncsn_cuda_capturing = 0; /* instantiated: later failures are not the capture's */
     g->workspace = cuda_impl(be)->workspace;
     CUDA_CHECK(cudaGraphDestroy(graph)); /* the executable graph is independent of it */
     /* Upload now, so the first replay does not pay for it inside a timed loop. */

@@ -44,12 +44,24 @@
 extern "C" {
 #endif
 
+/* Nonzero while the backend's stream is being captured into a CUDA graph (cuda_backend.c):
+ * a library call that fails then most likely does not support capture, and the error says
+ * how to run without graphs. */
+extern int ncsn_cuda_capturing;
+#define NCSN_CUDA_CAPTURE_HINT()                                                                                       \
+    do {                                                                                                               \
+        if (ncsn_cuda_capturing)                                                                                       \
+            fprintf(stderr, "ncsn: (this failed while capturing a CUDA graph; NCSN_CUDA_GRAPHS=0 runs without "       \
+                            "graphs)\n");                                                                               \
+    } while (0)
+
 #define CUDA_CHECK(call)                                                                                               \
     do {                                                                                                               \
         cudaError_t cuda_check_status_ = (call);                                                                       \
         if (cuda_check_status_ != cudaSuccess) {                                                                       \
             fprintf(stderr, "ncsn: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,                            \
                     cudaGetErrorString(cuda_check_status_), cudaGetErrorName(cuda_check_status_));                     \
+            NCSN_CUDA_CAPTURE_HINT();                                                                                  \
             exit(1);                                                                                                   \
         }                                                                                                              \
     } while (0)
@@ -79,6 +91,7 @@ extern "C" {
             fprintf(stderr, "ncsn: %s:%d: %s failed: %s (%d)%s%s\n", __FILE__, __LINE__, #call,                        \
                     cudnnGetErrorString(cudnn_check_status_), (int)cudnn_check_status_,                                \
                     cudnn_check_detail_[0] ? ": " : "", cudnn_check_detail_);                                          \
+            NCSN_CUDA_CAPTURE_HINT();                                                                                  \
             exit(1);                                                                                                   \
         }                                                                                                              \
     } while (0)
@@ -89,6 +102,7 @@ extern "C" {
         if (cublas_check_status_ != CUBLAS_STATUS_SUCCESS) {                                                           \
             fprintf(stderr, "ncsn: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,                            \
                     cublasGetStatusString(cublas_check_status_), cublasGetStatusName(cublas_check_status_));           \
+            NCSN_CUDA_CAPTURE_HINT();                                                                                  \
             exit(1);                                                                                                   \
         }                                                                                                              \
     } while (0)
