@@ -151,6 +151,17 @@ static inline unsigned char *file_read_all(const char *path, size_t *n) {
     return b;
 }
 
+/* Prints a text file (a child process's log) indented under a title line; nothing when the
+ * file does not exist. */
+static inline void print_file_indented(const char *path, const char *title) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    printf("    --- %s:\n", title);
+    char line[512];
+    while (fgets(line, sizeof line, f)) printf("    %s", line);
+    fclose(f);
+}
+
 /* Whether /usr/bin/python3 can import numpy (the optional cross-checks need it). */
 static inline int have_python_numpy(void) {
     static int cached = -1;

@@ -658,14 +658,11 @@ static int compare_rank_files(const char *what, int K) {
 
 static void show_rank_logs(const char *role, int K) {
     for (int r = 1; r < K; r++) {
-        char name[64], path[PATH_MAX], line[512];
+        char name[64], path[PATH_MAX], title[64];
         snprintf(name, sizeof name, "log.%s.%d.%d", role, K, r);
         path_in_test_dir(path, sizeof path, name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        printf("    --- rank %d of %d:\n", r, K);
-        while (fgets(line, sizeof line, f)) printf("    %s", line);
-        fclose(f);
+        snprintf(title, sizeof title, "rank %d of %d", r, K);
+        print_file_indented(path, title);
     }
 }
 

@@ -396,14 +396,11 @@ static int run_worker(void) {
 
 static void show_rank_logs(int K) {
     for (int r = 1; r < K; r++) {
-        char name[64], path[PATH_MAX], line[512];
+        char name[64], path[PATH_MAX], title[64];
         snprintf(name, sizeof name, "log.%d.%d", K, r);
         scratch_path(path, sizeof path, name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        printf("    --- rank %d of %d:\n", r, K);
-        while (fgets(line, sizeof line, f)) printf("    %s", line);
-        fclose(f);
+        snprintf(title, sizeof title, "rank %d of %d", r, K);
+        print_file_indented(path, title);
     }
 }
 
