@@ -8,6 +8,7 @@
 #define NCSN_TEST_HARNESS_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -51,6 +52,16 @@ static inline int harness_expect_close(const char *what, const float *got, const
     }
     printf("  ok   %s: n=%zu max err %.3e (max |ref| %.3e)\n", what, n, max_err, max_ref);
     return 1;
+}
+
+/* Test data independent of the engine's own RNG: splitmix64 over *state, as a double in
+ * [0, 1) with 53 random bits. */
+static inline double harness_rand_uniform(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* The CPU backend every test runs on; a test cannot go on without it. */

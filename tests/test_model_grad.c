@@ -59,13 +59,7 @@
 static ncsn_backend *be;
 
 static uint64_t rng_state = 0x243F6A8885A308D3ull;
-static double rand_uniform(void) { /* splitmix64 -> [0, 1) */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
+static double rand_uniform(void) { return harness_rand_uniform(&rng_state); }
 static double rand_normal(void) {
     double u = rand_uniform() + 1e-300, v = rand_uniform();
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);

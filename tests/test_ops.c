@@ -39,13 +39,7 @@ static ncsn_backend *be;
 /* ---- helpers ----------------------------------------------------------------------------- */
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static double rand_uniform(void) { /* splitmix64 -> [0, 1) */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
+static double rand_uniform(void) { return harness_rand_uniform(&rng_state); }
 static float rand_sym(void) { return (float)(2.0 * rand_uniform() - 1.0); }
 
 /* Backend buffer of n floats (host memory on the CPU backend), filled with U(-1, 1). */
