@@ -55,6 +55,7 @@
 #include "ncsn/model.h"
 #include "ncsn/sample.h"
 #include "tests/harness.h"
+#include "tests/gpu/gpu_pair.h"
 
 static ncsn_backend *cpu, *gpu;
 static int verbose;
@@ -403,21 +404,9 @@ static void test_sampler(const char *tag, const ncsn_config *cfg, int levels, do
 }
 
 int main(void) {
-    char err[512] = {0};
-    const char *pair_env = getenv("NCSN_TEST_GPU_CPU_PAIR");
-    int cpu_pair = pair_env && !strcmp(pair_env, "1");
     verbose = getenv("NCSN_TEST_GPU_VERBOSE") && !strcmp(getenv("NCSN_TEST_GPU_VERBOSE"), "1");
-    gpu = cpu_pair ? ncsn_cpu_backend_create(err, sizeof err) : ncsn_cuda_backend_create(err, sizeof err);
-    if (!gpu) {
-        printf("test-gpu: skipped: %s\n", err);
-        return 0;
-    }
-    cpu = ncsn_cpu_backend_create(err, sizeof err);
-    if (!cpu) ncsn_die("cannot create the CPU backend: %s", err);
-    /* Strict fp32 and deterministic algorithms: the comparison must not depend on which
-     * engine the heuristics rank first, nor on TF32. */
-    cpu->precision = gpu->precision = NCSN_PRECISION_FP32;
-    gpu->deterministic = 1;
+    int cpu_pair = gpu_pair_create(&cpu, &gpu);
+    if (cpu_pair < 0) return 0;
     printf("test-gpu: model: %s backend vs cpu backend, strict fp32%s\n", gpu->ops->name,
            cpu_pair ? " (NCSN_TEST_GPU_CPU_PAIR=1: checking the test itself)" : "");
 

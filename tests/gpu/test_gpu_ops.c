@@ -37,6 +37,7 @@
 #include "kernels/rng_math.h"
 #include "ncsn/backend.h"
 #include "tests/harness.h"
+#include "tests/gpu/gpu_pair.h"
 
 /* ---- the two backends and paired buffers ---- */
 
@@ -746,19 +747,8 @@ static void test_table_complete(const ncsn_backend *be) {
 }
 
 int main(void) {
-    char err[512] = {0};
-    int cpu_pair = getenv("NCSN_TEST_GPU_CPU_PAIR") && !strcmp(getenv("NCSN_TEST_GPU_CPU_PAIR"), "1");
-    gpu = cpu_pair ? ncsn_cpu_backend_create(err, sizeof err) : ncsn_cuda_backend_create(err, sizeof err);
-    if (!gpu) {
-        printf("test-gpu: skipped: %s\n", err);
-        return 0;
-    }
-    cpu = ncsn_cpu_backend_create(err, sizeof err);
-    if (!cpu) ncsn_die("cannot create the CPU backend: %s", err);
-    /* Strict fp32 and deterministic algorithms on both sides: the comparison must not
-     * depend on which engine the heuristics happen to rank first. */
-    cpu->precision = gpu->precision = NCSN_PRECISION_FP32;
-    gpu->deterministic = 1;
+    int cpu_pair = gpu_pair_create(&cpu, &gpu);
+    if (cpu_pair < 0) return 0;
     printf("test-gpu: %s backend vs cpu backend%s\n", gpu->ops->name,
            cpu_pair ? " (NCSN_TEST_GPU_CPU_PAIR=1: checking the test itself)" : "");
     printf("%-38s %-28s %10s %10s  %-7s %s\n", "op", "shape", "max abs", "/max|cpu|", "tol", "result");
