@@ -289,14 +289,8 @@ static void run_torch(int runs, int threads, double torch_ms[NSHAPE][OP_COUNT]) 
 }
 
 int main(int argc, char **argv) {
-    int runs = argc > 1 ? atoi(argv[1]) : 11;
-    if (runs < 1) runs = 1;
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        fprintf(stderr, "bench_cpu_ops: cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    int runs = bench_runs(argc, argv, 11);
+    ncsn_backend *be = bench_cpu_backend("bench_cpu_ops");
     const int threads = omp_get_max_threads();
     printf("bench_cpu_ops: CPU backend, %d threads, N = %d, fastest and median of %d runs after 1 warm-up\n", threads,
            BATCH, runs);

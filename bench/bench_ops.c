@@ -98,14 +98,8 @@ static void run_torch(int runs, const char *conv_name, double torch_gflops[NDIR]
 }
 
 int main(int argc, char **argv) {
-    int runs = argc > 1 ? atoi(argv[1]) : 5;
-    if (runs < 1) runs = 1;
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        fprintf(stderr, "bench_ops: cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    int runs = bench_runs(argc, argv, 5);
+    ncsn_backend *be = bench_cpu_backend("bench_ops");
     int threads = omp_get_max_threads();
     double mhz = cpu_mhz(), flop_per_cycle = fp32_flop_per_cycle(), peak = threads * flop_per_cycle * mhz * 1e-3;
     const char *layout = getenv("NCSN_CPU_CONV_LAYOUT");

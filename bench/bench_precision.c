@@ -29,14 +29,8 @@ enum { NCONV = BENCH_NCONV, NDIR = BENCH_NDIR, NPREC = 2, BATCH = BENCH_BATCH };
 static const ncsn_precision precisions[NPREC] = {NCSN_PRECISION_FP32, NCSN_PRECISION_BF16};
 
 int main(int argc, char **argv) {
-    int runs = argc > 1 ? atoi(argv[1]) : 5;
-    if (runs < 1) runs = 1;
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) {
-        fprintf(stderr, "bench_precision: cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    int runs = bench_runs(argc, argv, 5);
+    ncsn_backend *be = bench_cpu_backend("bench_precision");
     printf("bench_precision: CPU backend, %d threads, N = %d, median of %d runs after 1 warm-up, "
            "FP32 and BF16 interleaved\n",
            omp_get_max_threads(), BATCH, runs);

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "kernels/rng_math.h"
@@ -36,6 +37,23 @@ static inline double load_average(void) {
 static inline void bench_fill(float *p, size_t n, uint32_t stream, float scale, float shift) {
     for (size_t i = 0; i < n; i++)
         p[i] = shift + scale * (2.0f * ncsn_rng_uniform(1, NCSN_RNG_TOY, stream, 0, i) - 1.0f);
+}
+
+/* The timed-run count from argv[1] (else `fallback`; at least 1), and the CPU backend, or
+ * a message naming the program and exit 1. */
+static inline int bench_runs(int argc, char **argv, int fallback) {
+    int runs = argc > 1 ? atoi(argv[1]) : fallback;
+    return runs < 1 ? 1 : runs;
+}
+
+static inline ncsn_backend *bench_cpu_backend(const char *program) {
+    char err[256];
+    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    if (!be) {
+        fprintf(stderr, "%s: cannot create the CPU backend: %s\n", program, err);
+        exit(1);
+    }
+    return be;
 }
 
 /* ---- the CIFAR-10 3x3 convolutions that bench_ops and bench_precision time ---- */
