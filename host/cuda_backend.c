@@ -153,7 +153,6 @@ static void cuda_fence_destroy(ncsn_backend *be, ncsn_fence *f) {
  * eager warm-up step before capture; cuda_workspace_reserve fails loudly otherwise). */
 struct ncsn_graph {
     cudaGraphExec_t exec;
-    size_t nodes;
     /* The shared workspace the capture baked into the graph's cuDNN and scratch nodes. */
     const void *workspace;
 };
@@ -176,7 +175,6 @@ static ncsn_graph *cuda_graph_end(ncsn_backend *be) {
     CUDA_CHECK(cudaStreamEndCapture(cuda_impl(be)->stream, &graph));
     NCSN_CHECKF(graph != NULL, "graph_end: the capture produced no graph (NCSN_CUDA_GRAPHS=0 runs without graphs)");
     ncsn_graph *g = ncsn_xcalloc(1, sizeof *g);
-    CUDA_CHECK(cudaGraphGetNodes(graph, NULL, &g->nodes));
     CUDA_CHECK(cudaGraphInstantiate(&g->exec, graph, 0));
     ncsn_cuda_capturing = 0; /* instantiated: later failures are not the capture's */
     g->workspace = cuda_impl(be)->workspace;
