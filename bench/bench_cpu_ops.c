@@ -167,7 +167,7 @@ static void run_op(ncsn_backend *be, bench_op op, bench_bufs *b) {
     const size_t n = b->n;
     switch (op) {
     case OP_IN_PLUS_FORWARD:
-        ncsn_instance_norm_plus_forward(be, b->out, b->x, b->gamma, b->alpha, b->beta, 0, NULL, b->stats, N, C, H, W);
+        ncsn_instance_norm_plus_forward(be, b->out, b->x, b->gamma, b->alpha, b->beta, 0, NULL, b->stats, N, C, H, W, 0);
         break;
     case OP_IN_PLUS_BACKWARD:
         ncsn_instance_norm_plus_backward(be, b->y, b->dgamma, b->dalpha, b->dbeta, b->g, b->x, b->gamma, b->alpha, 0,
@@ -175,7 +175,7 @@ static void run_op(ncsn_backend *be, bench_op op, bench_bufs *b) {
         break;
     case OP_COND_IN_PLUS_FORWARD:
         ncsn_instance_norm_plus_forward(be, b->out, b->x, b->embed, b->embed + C, b->embed + 2 * C, 3 * C, b->labels,
-                                        b->stats, N, C, H, W);
+                                        b->stats, N, C, H, W, 0);
         break;
     case OP_COND_IN_PLUS_BACKWARD:
         ncsn_instance_norm_plus_backward(be, b->y, b->dembed, b->dembed + C, b->dembed + 2 * C, b->g, b->x, b->embed,

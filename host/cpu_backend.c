@@ -210,11 +210,57 @@ static void in_channel_stats(const float *mu, int C, float *mhat, float *chan_rs
     *chan_rstd = (float)s;
 }
 
+/* ---- ELU (here: the IN++ forward fuses it) ------------------------------------------- */
+
+/* expm1(x) for x <= 0, branch-free so that the ELU loops vectorise (libm's expm1f is a
+ * call per element, which no compiler vectorises; it was the largest non-convolution cost
+ * of a training step). It computes the same function as ncsn_elu in kernels/element_math.h
+ * (the reference, which the CUDA kernels run) to within the error stated below.
+ * Method (as Cephes/SLEEF): x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2 (ln2 in
+ * two parts, Cody-Waite, so r is exact to fp32 rounding); expm1(r) by its Taylor series to
+ * r^7 (truncation < 1.6e-8 relative on that interval); then
+ * expm1(x) = 2^k expm1(r) + (2^k - 1) as one fma, where 2^k - 1 is exact. k = 0 near 0,
+ * so small |x| keep full relative accuracy (no exp(x) - 1 cancellation). x is clamped to
+ * [-30, 0]: below -17.4 expm1f is -1 in fp32 anyway, and 2^-44 stays a normal number.
+ * NaN stays NaN (the clamps compare false and the arithmetic propagates it); -inf gives -1.
+ * Measured against double expm1 over [-20, 20] (positive x take ELU's x > 0 branch and
+ * are exact): on every fp32 value of [-20, 0) the max error is 0.88 ulp (0.50 ulp on
+ * [-1e-3, 0)); on the 2^-12 grid the max relative error is 7.4e-8 and the result is at
+ * most 1 ulp from glibc's expm1f. Denormal inputs come back unchanged (expm1(x) = x). */
+static inline float elu_expm1_nonpositive(float x) {
+    float xc = x > 0.0f ? 0.0f : x;
+    xc = xc < -30.0f ? -30.0f : xc;
+    /* k = round(x / ln2) by the 1.5 * 2^23 trick: the low bits of t hold k, no int conversion. */
+    const float shifter = 12582912.0f; /* 0x1.8p23 */
+    const float t = fmaf(xc, 1.44269504088896341f, shifter);
+    const float kf = t - shifter;
+    const float r = fmaf(kf, -1.42860682030941723212e-6f, fmaf(kf, -0.693145751953125f, xc));
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    const float expm1_r = fmaf(p * r, r, r);
+    uint32_t tbits, scale_bits;
+    memcpy(&tbits, &t, sizeof tbits);
+    scale_bits = (tbits - 0x4B400000u + 127u) << 23; /* k + bias into the exponent field */
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return fmaf(scale, expm1_r, scale - 1.0f);
+}
+
+/* ELU with the vectorisable expm1: what cpu_elu_forward and the fused IN++ forward compute. */
+static inline float cpu_elu(float v) {
+    const float neg = elu_expm1_nonpositive(v);
+    return v > 0.0f ? v : neg;
+}
+
 typedef struct {
     float *out, *mean, *rstd, *mhat, *chan_rstd;
     const float *x, *gamma, *alpha, *beta;
     const int32_t *labels;
-    int param_stride, C;
+    int param_stride, C, elu;
     size_t P;
 } in_forward_args;
 
@@ -225,20 +271,27 @@ static void in_plane_forward_apply(const in_forward_args *a, size_t nc) {
     const float mu = a->mean[nc], r = a->rstd[nc], mh = a->mhat[nc];
     const float *xp = a->x + nc * a->P;
     float *op = a->out + nc * a->P;
+    /* Two loops, so each vectorises without a per-element branch on the flag. */
+    if (a->elu) {
 #pragma omp simd
-    for (size_t i = 0; i < a->P; i++) op[i] = ncsn_in_plus_element(xp[i], mu, r, mh, g, al, b);
+        for (size_t i = 0; i < a->P; i++) op[i] = cpu_elu(ncsn_in_plus_element(xp[i], mu, r, mh, g, al, b));
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < a->P; i++) op[i] = ncsn_in_plus_element(xp[i], mu, r, mh, g, al, b);
+    }
 }
 
 static void cpu_instance_norm_plus_forward(ncsn_backend *be, float *out, const float *x, const float *gamma,
                                            const float *alpha, const float *beta, int param_stride,
-                                           const int32_t *labels, float *stats, int N, int C, int H, int W) {
+                                           const int32_t *labels, float *stats, int N, int C, int H, int W,
+                                           int elu) {
     check_nchw("instance_norm_plus_forward", N, C, H, W);
     if (labels) check_labels("instance_norm_plus_forward", labels, N);
     NCSN_CHECKF(labels || param_stride == 0, "instance_norm_plus_forward: stride %d without labels", param_stride);
     const size_t P = (size_t)H * W, NC = (size_t)N * C;
     const in_forward_args a = {.out = out, .mean = stats, .rstd = stats + NC, .mhat = stats + 2 * NC,
                                .chan_rstd = stats + 3 * NC, .x = x, .gamma = gamma, .alpha = alpha, .beta = beta,
-                               .labels = labels, .param_stride = param_stride, .C = C, .P = P};
+                               .labels = labels, .param_stride = param_stride, .C = C, .elu = elu, .P = P};
     const int parallel = NC * P >= CPU_PARALLEL_MIN;
     if (N >= omp_get_max_threads()) {
 #pragma omp parallel for schedule(static) if (parallel : parallel)
@@ -373,53 +426,9 @@ static void cpu_instance_norm_plus_backward(ncsn_backend *be, float *dx, float *
     }
 }
 
-/* ---- ELU ----------------------------------------------------------------------------- */
-
-/* expm1(x) for x <= 0, branch-free so that the ELU loops vectorise (libm's expm1f is a
- * call per element, which no compiler vectorises; it was the largest non-convolution cost
- * of a training step). It computes the same function as ncsn_elu in kernels/element_math.h
- * (the reference, which the CUDA kernels run) to within the error stated below.
- * Method (as Cephes/SLEEF): x = k ln2 + r with k = round(x / ln2), |r| <= ln2 / 2 (ln2 in
- * two parts, Cody-Waite, so r is exact to fp32 rounding); expm1(r) by its Taylor series to
- * r^7 (truncation < 1.6e-8 relative on that interval); then
- * expm1(x) = 2^k expm1(r) + (2^k - 1) as one fma, where 2^k - 1 is exact. k = 0 near 0,
- * so small |x| keep full relative accuracy (no exp(x) - 1 cancellation). x is clamped to
- * [-30, 0]: below -17.4 expm1f is -1 in fp32 anyway, and 2^-44 stays a normal number.
- * NaN stays NaN (the clamps compare false and the arithmetic propagates it); -inf gives -1.
- * Measured against double expm1 over [-20, 20] (positive x take ELU's x > 0 branch and
- * are exact): on every fp32 value of [-20, 0) the max error is 0.88 ulp (0.50 ulp on
- * [-1e-3, 0)); on the 2^-12 grid the max relative error is 7.4e-8 and the result is at
- * most 1 ulp from glibc's expm1f. Denormal inputs come back unchanged (expm1(x) = x). */
-static inline float elu_expm1_nonpositive(float x) {
-    float xc = x > 0.0f ? 0.0f : x;
-    xc = xc < -30.0f ? -30.0f : xc;
-    /* k = round(x / ln2) by the 1.5 * 2^23 trick: the low bits of t hold k, no int conversion. */
-    const float shifter = 12582912.0f; /* 0x1.8p23 */
-    const float t = fmaf(xc, 1.44269504088896341f, shifter);
-    const float kf = t - shifter;
-    const float r = fmaf(kf, -1.42860682030941723212e-6f, fmaf(kf, -0.693145751953125f, xc));
-    float p = 1.0f / 5040.0f;
-    p = fmaf(p, r, 1.0f / 720.0f);
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    const float expm1_r = fmaf(p * r, r, r);
-    uint32_t tbits, scale_bits;
-    memcpy(&tbits, &t, sizeof tbits);
-    scale_bits = (tbits - 0x4B400000u + 127u) << 23; /* k + bias into the exponent field */
-    float scale;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    return fmaf(scale, expm1_r, scale - 1.0f);
-}
-
 static void cpu_elu_forward(ncsn_backend *be, float *out, const float *x, size_t n) {
 #pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float v = x[i];
-        const float neg = elu_expm1_nonpositive(v);
-        out[i] = v > 0.0f ? v : neg;
-    }
+    for (size_t i = 0; i < n; i++) out[i] = cpu_elu(x[i]);
 }
 
 static void cpu_elu_backward(ncsn_backend *be, float *dx, const float *dout, const float *out, size_t n) {

@@ -228,12 +228,13 @@ static void check_in_plus(const char *op, int param_stride, const int32_t *label
 
 static void cuda_instance_norm_plus_forward(ncsn_backend *be, float *out, const float *x, const float *gamma,
                                             const float *alpha, const float *beta, int param_stride,
-                                            const int32_t *labels, float *stats, int N, int C, int H, int W) {
+                                            const int32_t *labels, float *stats, int N, int C, int H, int W,
+                                            int elu) {
     check_in_plus("instance_norm_plus_forward", param_stride, labels, N, C, H, W);
     check_pointers3("instance_norm_plus_forward", out, x, stats);
     check_pointers3("instance_norm_plus_forward", gamma, alpha, beta);
     ncsn_cuda_instance_norm_plus_forward(stream_of(be), out, x, gamma, alpha, beta, param_stride, labels, stats, N, C,
-                                         H, W);
+                                         H, W, elu);
 }
 
 static void cuda_instance_norm_plus_backward(ncsn_backend *be, float *dx, float *dgamma, float *dalpha, float *dbeta,

@@ -151,6 +151,11 @@ void cuda_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float 
  * writes the output in bf16 (1) or fp32 (0). For tests (tests/test_precision.c). */
 ncsn_precision cuda_conv_effective_precision(ncsn_backend *be, const ncsn_conv_desc *d, int direction,
                                              int *bf16_output);
+/* The bf16 NHWC inference convolution (backend.h "inference in bf16 NHWC"). */
+size_t cuda_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d);
+void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
+void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                              const float *b, const ncsn_conv_desc *d);
 #endif /* !__CUDACC__ */
 
 #ifdef __cplusplus

@@ -60,7 +60,8 @@ void ncsn_cuda_conv_bias_backward_accumulate(cudaStream_t stream, float *db, con
 /* ---- norms.cu: InstanceNorm++ (stats layout: NCSN_NORM_STATS_COUNT in backend.h) ---- */
 void ncsn_cuda_instance_norm_plus_forward(cudaStream_t stream, float *out, const float *x, const float *gamma,
                                           const float *alpha, const float *beta, int param_stride,
-                                          const int32_t *labels, float *stats, int N, int C, int H, int W);
+                                          const int32_t *labels, float *stats, int N, int C, int H, int W,
+                                          int elu);
 size_t ncsn_cuda_instance_norm_plus_backward_scratch_bytes(int N, int C);
 void ncsn_cuda_instance_norm_plus_backward(cudaStream_t stream, float *dx, float *dgamma, float *dalpha, float *dbeta,
                                            const float *dout, const float *x, const float *gamma, const float *alpha,

@@ -9,8 +9,32 @@
 #define NCSN_ELEMENT_MATH_H
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "ncsn/common.h"
+
+/* bfloat16 storage: the top 16 bits of an IEEE fp32 (8 exponent bits, 7 mantissa bits). */
+typedef uint16_t ncsn_bf16;
+
+/* fp32 -> bf16, round to nearest, ties to even: what __float2bfloat16_rn, oneDNN's
+ * f32 -> bf16 conversion and torch.bfloat16 do. NaN stays a (quiet) NaN; values that round
+ * past the largest bf16 become inf. Integer math only, so both backends get the same bits. */
+static inline NCSN_HD ncsn_bf16 ncsn_bf16_from_float(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (ncsn_bf16)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (ncsn_bf16)(u >> 16);
+}
+
+/* bf16 -> fp32, exact. */
+static inline NCSN_HD float ncsn_float_from_bf16(ncsn_bf16 h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 /* ELU with alpha = 1 (torch.nn.ELU()). */
 static inline NCSN_HD float ncsn_elu(float x) { return x > 0.0f ? x : expm1f(x); }
@@ -139,6 +163,13 @@ static inline NCSN_HD float ncsn_clamp01_element(float x) { return x < 0.0f ? 0.
 static inline NCSN_HD float ncsn_in_plus_element(float x, float mean, float rstd, float mhat, float gamma,
                                                  float alpha, float beta) {
     return gamma * ((x - mean) * rstd + alpha * mhat) + beta;
+}
+
+/* The same, followed by the ELU when `elu` (instance_norm_plus_forward's fused pair). */
+static inline NCSN_HD float ncsn_in_plus_elu_element(float x, float mean, float rstd, float mhat, float gamma,
+                                                     float alpha, float beta, int elu) {
+    float y = ncsn_in_plus_element(x, mean, rstd, mhat, gamma, alpha, beta);
+    return elu ? ncsn_elu(y) : y;
 }
 
 #endif /* NCSN_ELEMENT_MATH_H */

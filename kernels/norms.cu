@@ -82,19 +82,20 @@ static inline __device__ size_t in_plus_param_index(const int32_t *labels, int p
 static __global__ void in_plus_apply_kernel(float *out, const float *x, const float *gamma, const float *alpha,
                                             const float *beta, int param_stride, const int32_t *labels,
                                             const float *mean, const float *rstd, const float *mhat, int C,
-                                            size_t plane_size, size_t n) {
+                                            size_t plane_size, size_t n, int elu) {
     NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
         size_t plane = i / plane_size;
         int example = (int)(plane / (size_t)C), c = (int)(plane % (size_t)C);
         size_t p = in_plus_param_index(labels, param_stride, example, c);
-        out[i] = ncsn_in_plus_element(x[i], mean[plane], rstd[plane], mhat[plane], gamma[p], alpha[p], beta[p]);
+        out[i] = ncsn_in_plus_elu_element(x[i], mean[plane], rstd[plane], mhat[plane], gamma[p], alpha[p], beta[p],
+                                          elu);
     }
 }
 
 extern "C" void ncsn_cuda_instance_norm_plus_forward(cudaStream_t stream, float *out, const float *x,
                                                      const float *gamma, const float *alpha, const float *beta,
                                                      int param_stride, const int32_t *labels, float *stats, int N,
-                                                     int C, int H, int W) {
+                                                     int C, int H, int W, int elu) {
     size_t planes = (size_t)N * C, plane_size = (size_t)H * W, n = planes * plane_size;
     if (n == 0) return;
     float *mean = stats, *rstd = stats + planes, *mhat = stats + 2 * planes, *cm_rstd = stats + 3 * planes;
@@ -103,7 +104,7 @@ extern "C" void ncsn_cuda_instance_norm_plus_forward(cudaStream_t stream, float 
     channel_mean_stats_kernel<<<(unsigned)N, NCSN_CUDA_REDUCE_THREADS, 0, stream>>>(mhat, cm_rstd, mean, C);
     CUDA_CHECK_LAUNCH(stream);
     in_plus_apply_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(
-        out, x, gamma, alpha, beta, param_stride, labels, mean, rstd, mhat, C, plane_size, n);
+        out, x, gamma, alpha, beta, param_stride, labels, mean, rstd, mhat, C, plane_size, n, elu);
     CUDA_CHECK_LAUNCH(stream);
 }
 

@@ -181,10 +181,15 @@ void norm_build(net_builder *b, norm_layer *l, const char *name, int conditional
     l->stats = builder_act(b, 3 * (size_t)C + 1);
 }
 
-void norm_forward(const layer_ctx *c, const norm_layer *l, float *out, const float *x) {
+/* IN++ forward, with the ELU that follows it fused when `elu`. */
+static void norm_act_forward(const layer_ctx *c, const norm_layer *l, float *out, const float *x, int elu) {
     const float *P = c->params;
     ncsn_instance_norm_plus_forward(c->be, out, x, P + l->gamma, P + l->alpha, P + l->beta, l->stride,
-                                    l->stride ? c->labels : NULL, ctx_slot(c, l->stats), c->N, l->C, l->H, l->W);
+                                    l->stride ? c->labels : NULL, ctx_slot(c, l->stats), c->N, l->C, l->H, l->W, elu);
+}
+
+void norm_forward(const layer_ctx *c, const norm_layer *l, float *out, const float *x) {
+    norm_act_forward(c, l, out, x, 0);
 }
 
 void norm_backward(const layer_ctx *c, const norm_layer *l, float *dx, int accumulate, const float *dout,
@@ -196,11 +201,10 @@ void norm_backward(const layer_ctx *c, const norm_layer *l, float *dx, int accum
                                      c->N, l->C, l->H, l->W, accumulate);
 }
 
-/* norm -> ELU, the pre-activation pair of residual blocks, v1 RCUs and the head. The ELU
- * runs in place on the norm output: its backward needs only the ELU output. */
+/* norm -> ELU, the pre-activation pair of residual blocks, v1 RCUs and the head, in one
+ * pass: the backward needs only the ELU output (and the norm's input and statistics). */
 static void norm_elu_forward(const layer_ctx *c, const norm_layer *l, float *a, const float *x) {
-    norm_forward(c, l, a, x);
-    ncsn_elu_forward(c->be, a, a, (size_t)c->N * plane(l->C, l->H, l->W));
+    norm_act_forward(c, l, a, x, 1);
 }
 
 /* da is destroyed (it becomes d(norm output)). */

@@ -307,7 +307,15 @@ static void test_norm_case(int N, int C, int H, int W, int L, const int32_t *lab
     c.beta = dparams + 2 * C;
 
     float *out = buf_random(n), *stats = buf_random(nstats);
-    ncsn_instance_norm_plus_forward(be, out, x, gamma, alpha, beta, stride, labels, stats, N, C, H, W);
+    ncsn_instance_norm_plus_forward(be, out, x, gamma, alpha, beta, stride, labels, stats, N, C, H, W, 0);
+    /* The fused ELU (elu = 1) must equal the two passes bit for bit: one element function
+     * (ncsn_in_plus_elu_element), the fp32 value rounded once either way. */
+    float *out_elu = buf_random(n), *stats_elu = buf_random(nstats), *out_then_elu = buf_zero(n);
+    ncsn_instance_norm_plus_forward(be, out_elu, x, gamma, alpha, beta, stride, labels, stats_elu, N, C, H, W, 1);
+    ncsn_elu_forward(be, out_then_elu, out, n);
+    EXPECT(memcmp(out_elu, out_then_elu, n * sizeof(float)) == 0, "fused norm+ELU differs from norm then ELU");
+    EXPECT(memcmp(stats_elu, stats, nstats * sizeof(float)) == 0, "fused norm+ELU saved different statistics");
+    ncsn_free(be, out_elu); ncsn_free(be, stats_elu); ncsn_free(be, out_then_elu);
     double *ref = malloc(n * sizeof(double)), *ref_stats = malloc(nstats * sizeof(double));
     norm_ref(&c, ref, ref_stats);
     expect_close("  forward", out, ref, n, TOL_NORM);

@@ -119,10 +119,13 @@ typedef struct ncsn_backend_ops {
      * row = labels ? labels[n] : 0. Unconditional IN++ passes stride 0 and labels NULL;
      * conditional IN++ passes pointers into the [L, 3C] embedding (gamma = embed,
      * alpha = embed + C, beta = embed + 2C) with stride 3C. Channel-mean variance is the
-     * unbiased one (divide by C-1); for C == 1 the mhat term is defined as 0. */
+     * unbiased one (divide by C-1); for C == 1 the mhat term is defined as 0.
+     * With `elu` nonzero the forward writes ELU(IN++(x)) (ncsn_in_plus_elu_element): the
+     * norm -> ELU pair of residual blocks and heads in one pass. The ELU backward needs only
+     * its output and the norm backward only x and the statistics, so nothing is lost. */
     void (*instance_norm_plus_forward)(ncsn_backend *be, float *out, const float *x, const float *gamma,
                                        const float *alpha, const float *beta, int param_stride,
-                                       const int32_t *labels, float *stats, int N, int C, int H, int W);
+                                       const int32_t *labels, float *stats, int N, int C, int H, int W, int elu);
     void (*instance_norm_plus_backward)(ncsn_backend *be, float *dx, float *dgamma, float *dalpha,
                                         float *dbeta, const float *dout, const float *x, const float *gamma,
                                         const float *alpha, int param_stride, const int32_t *labels,
@@ -224,6 +227,52 @@ typedef struct ncsn_backend_ops {
     /* g <- g * ncsn_clip_coef(*norm2, max_norm) with norm2 in backend memory (the
      * sum_squares output): gradient-norm clipping without reading the norm back. */
     void (*clip_by_norm)(ncsn_backend *be, float *g, size_t n, const float *norm2, float max_norm);
+
+    /* ---- inference in bf16 NHWC: the sampler's network evaluation ----
+     * The network forward with every activation stored as bf16 (ncsn_bf16, round to nearest
+     * even) in NHWC order [N, H, W, C]: half the bytes of fp32 and the layout tensor-core
+     * convolutions read natively, so no op converts or transposes between two others. Every
+     * op reads bf16, computes in fp32 exactly as its fp32 NCHW counterpart above does (same
+     * element math, same reduction formulas, fp32 accumulation), and rounds its output to
+     * bf16 once. Norm statistics (fp32, NCSN_NORM_STATS_COUNT, same layout), parameters,
+     * labels and sigmas are fp32 as everywhere. Forward only: there is no bf16 backward.
+     * Sizes are the same logical N, C, H, W as the fp32 ops; `n` counts elements.
+     * The boundaries: bf16_from_nchw turns the fp32 NCHW network input into bf16 NHWC
+     * (with the model's 2x - 1), nchw_from_bf16 turns the output back into fp32 NCHW (with
+     * the v2 division by sigma). */
+
+    /* Convolution weights in the backend's bf16 layout, packed once from the fp32 [K, C, kh, kw]
+     * parameters (CUDA: KRSC bf16; CPU: oneDNN's blocked bf16 format for the shape). The packed
+     * copy is a snapshot: re-pack after the parameters change. Bytes depend only on K, C and
+     * ksize (not on N), are a multiple of 256, and the pointer must be 256-byte aligned. */
+    size_t (*conv2d_packed_weights_bytes)(ncsn_backend *be, const ncsn_conv_desc *d);
+    void (*conv2d_pack_weights_bf16)(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
+    /* out = bf16(conv(in, w) + b): fp32 accumulation of the bf16 products, the fp32 bias added
+     * before the one rounding (cuDNN: in the convolution's epilogue where an engine fuses it).
+     * b may be NULL when !d->has_bias. */
+    void (*conv2d_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                const float *b, const ncsn_conv_desc *d);
+    /* instance_norm_plus_forward on bf16 NHWC (elu: fused ELU). stats are written as there. */
+    void (*instance_norm_plus_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x,
+                                            const float *gamma, const float *alpha, const float *beta,
+                                            int param_stride, const int32_t *labels, float *stats, int N, int C,
+                                            int H, int W, int elu);
+    void (*elu_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, size_t n); /* in place ok */
+    void (*add_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *a, const ncsn_bf16 *b, size_t n);
+    void (*accumulate_bf16)(ncsn_backend *be, ncsn_bf16 *y, const ncsn_bf16 *x, size_t n); /* y = bf16(y + x) */
+    /* The pooling and resize forwards above, on bf16 NHWC (sizes of the INPUT). */
+    void (*mean_pool2_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W);
+    void (*avg_pool5_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W);
+    void (*max_pool5_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W);
+    void (*resize_bilinear_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                         int W, int Ho, int Wo);
+    /* out[n, h, w, c] = bf16(scale * x[n, c, h, w] + shift): fp32 NCHW in, bf16 NHWC out. */
+    void (*bf16_from_nchw)(ncsn_backend *be, ncsn_bf16 *out, const float *x, float scale, float shift, int N, int C,
+                           int H, int W);
+    /* out[n, c, h, w] = x[n, h, w, c] / sigmas[labels[n]] (as divide_by_sigma), or x itself when
+     * sigmas is NULL: bf16 NHWC in, fp32 NCHW out. */
+    void (*nchw_from_bf16)(ncsn_backend *be, float *out, const ncsn_bf16 *x, const float *sigmas,
+                           const int32_t *labels, int N, int C, int H, int W);
 } ncsn_backend_ops;
 
 struct ncsn_backend {
@@ -315,6 +364,19 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_clip_by_norm(be, ...) NCSN_OP(be, clip_by_norm)(be, __VA_ARGS__)
 #define ncsn_row_sum_squares(be, ...) NCSN_OP(be, row_sum_squares)(be, __VA_ARGS__)
 #define ncsn_pc_step_size(be, ...) NCSN_OP(be, pc_step_size)(be, __VA_ARGS__)
+#define ncsn_conv2d_packed_weights_bytes(be, d) NCSN_OP(be, conv2d_packed_weights_bytes)(be, d)
+#define ncsn_conv2d_pack_weights_bf16(be, ...) NCSN_OP(be, conv2d_pack_weights_bf16)(be, __VA_ARGS__)
+#define ncsn_conv2d_forward_bf16(be, ...) NCSN_OP(be, conv2d_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_instance_norm_plus_forward_bf16(be, ...) NCSN_OP(be, instance_norm_plus_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_elu_forward_bf16(be, ...) NCSN_OP(be, elu_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_add_bf16(be, ...) NCSN_OP(be, add_bf16)(be, __VA_ARGS__)
+#define ncsn_accumulate_bf16(be, ...) NCSN_OP(be, accumulate_bf16)(be, __VA_ARGS__)
+#define ncsn_mean_pool2_forward_bf16(be, ...) NCSN_OP(be, mean_pool2_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_avg_pool5_forward_bf16(be, ...) NCSN_OP(be, avg_pool5_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_max_pool5_forward_bf16(be, ...) NCSN_OP(be, max_pool5_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_resize_bilinear_forward_bf16(be, ...) NCSN_OP(be, resize_bilinear_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_bf16_from_nchw(be, ...) NCSN_OP(be, bf16_from_nchw)(be, __VA_ARGS__)
+#define ncsn_nchw_from_bf16(be, ...) NCSN_OP(be, nchw_from_bf16)(be, __VA_ARGS__)
 
 #ifdef __cplusplus
 }

@@ -257,9 +257,9 @@ static void test_in_plus(int N, int C, int H, int W, int levels, const int32_t *
     const size_t alpha_off = (size_t)C, beta_off = 2 * (size_t)C; /* same offsets in both layouts */
 
     ncsn_instance_norm_plus_forward(cpu, out.c, x.c, params.c, params.c + alpha_off, params.c + beta_off, stride,
-                                    labels.c, stats.c, N, C, H, W);
+                                    labels.c, stats.c, N, C, H, W, 0);
     ncsn_instance_norm_plus_forward(gpu, out.g, x.g, params.g, params.g + alpha_off, params.g + beta_off, stride,
-                                    labels.g, stats.g, N, C, H, W);
+                                    labels.g, stats.g, N, C, H, W, 0);
     compare("instance_norm_plus_forward (out)", shape, &out, TOL_IN_PLUS);
     compare("instance_norm_plus_forward (stats)", shape, &stats, TOL_IN_PLUS);
 
