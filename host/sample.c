@@ -1027,6 +1027,15 @@ static ncsn_precision sampler_precision(const char *flag) {
     return flag ? ncsn_precision_parse(flag, "--precision") : NCSN_PRECISION_BF16;
 }
 
+/* In bf16 the sampler's network runs bf16 NHWC end to end (ncsn_model_set_bf16_inference):
+ * activations stored as bf16, weights packed once, no per-convolution conversions. Call
+ * after the final parameters are in place (the packing is a snapshot). */
+static void sampler_network_format(ncsn_backend *be, ncsn_model *m) {
+    if (be->precision != NCSN_PRECISION_BF16) return;
+    if (ncsn_model_set_bf16_inference(m, 1)) /* 0: the toy MLP, which keeps fp32 activations */
+        fprintf(stderr, "sampler network: bf16 NHWC activations end to end, weights packed once\n");
+}
+
 int ncsn_cmd_sample(int argc, char **argv) {
     sample_args a;
     parse_sample_args(&a, argc, argv, 0);
@@ -1036,6 +1045,7 @@ int ncsn_cmd_sample(int argc, char **argv) {
     ncsn_backend_set_precision(be, sampler_precision(a.precision));
     loaded_model lm;
     load_model(&lm, be, a.checkpoint, a.config, a.ema);
+    sampler_network_format(be, lm.model);
     ncsn_sampler_options o;
     sampler_options_from_args(&o, &lm.cfg, &a);
     int L = ncsn_model_num_levels(lm.model), C, H, W;
@@ -1252,6 +1262,7 @@ int ncsn_cmd_bench_sampler(int argc, char **argv) {
     ncsn_config_load(&cfg, a.config);
     ncsn_model *m = ncsn_model_create(be, &cfg);
     ncsn_model_init(m, a.seed);
+    sampler_network_format(be, m);
     const int B = a.batch, L = ncsn_model_num_levels(m);
     int C, H, W;
     ncsn_model_input_shape(m, &C, &H, &W);

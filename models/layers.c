@@ -125,6 +125,13 @@ void conv_build(net_builder *b, conv_layer *l, const char *name, int C, int K, i
     l->b = has_bias ? builder_param(b, PARAM_INIT_UNIFORM, fan_in, 1, bshape, "%s.bias", name) : NCSN_NO_PARAM;
     l->params.end = builder_mark(b);
     b->macs += (double)K * C * ksize * ksize * H * W;
+    if (b->n_convs == b->convs_cap) {
+        b->convs_cap = b->convs_cap ? 2 * b->convs_cap : 64;
+        conv_layer **grown = realloc(b->convs, (size_t)b->convs_cap * sizeof *grown);
+        if (!grown) ncsn_die("out of host memory growing the convolution list");
+        b->convs = grown;
+    }
+    b->convs[b->n_convs++] = l;
 }
 
 static ncsn_conv_desc conv_desc(const layer_ctx *c, const conv_layer *l) {
@@ -140,9 +147,68 @@ static ncsn_conv_desc conv_desc(const layer_ctx *c, const conv_layer *l) {
     return d;
 }
 
+/* ---- the forward's activation ops: fp32 NCHW, or bf16 NHWC in bf16 inference ----------- */
+
+/* An arena slot seen as bf16 storage (bf16 inference: layers.h, memory model). */
+static ncsn_bf16 *bf16_of(float *p) { return (ncsn_bf16 *)(void *)p; }
+static const ncsn_bf16 *cbf16_of(const float *p) { return (const ncsn_bf16 *)(const void *)p; }
+
+static void act_elu(const layer_ctx *c, float *out, const float *x, size_t n) {
+    if (c->packed) ncsn_elu_forward_bf16(c->be, bf16_of(out), cbf16_of(x), n);
+    else ncsn_elu_forward(c->be, out, x, n);
+}
+
+static void act_add(const layer_ctx *c, float *out, const float *a, const float *b, size_t n) {
+    if (c->packed) ncsn_add_bf16(c->be, bf16_of(out), cbf16_of(a), cbf16_of(b), n);
+    else ncsn_add(c->be, out, a, b, n);
+}
+
+static void act_accumulate(const layer_ctx *c, float *y, const float *x, size_t n) {
+    if (c->packed) ncsn_accumulate_bf16(c->be, bf16_of(y), cbf16_of(x), n);
+    else ncsn_accumulate(c->be, y, x, n);
+}
+
+static void act_mean_pool2(const layer_ctx *c, float *out, const float *in, int C, int H, int W) {
+    if (c->packed) ncsn_mean_pool2_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->N, C, H, W);
+    else ncsn_mean_pool2_forward(c->be, out, in, c->N, C, H, W);
+}
+
+static void act_resize(const layer_ctx *c, float *out, const float *in, int C, int H, int W, int Ho, int Wo) {
+    if (c->packed) ncsn_resize_bilinear_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->N, C, H, W, Ho, Wo);
+    else ncsn_resize_bilinear_forward(c->be, out, in, c->N, C, H, W, Ho, Wo);
+}
+
 void conv_forward(const layer_ctx *c, const conv_layer *l, float *out, const float *in) {
     ncsn_conv_desc d = conv_desc(c, l);
-    ncsn_conv2d_forward(c->be, out, in, c->params + l->w, d.has_bias ? c->params + l->b : NULL, &d);
+    const float *bias = d.has_bias ? c->params + l->b : NULL;
+    if (c->packed) ncsn_conv2d_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed, bias, &d);
+    else ncsn_conv2d_forward(c->be, out, in, c->params + l->w, bias, &d);
+}
+
+/* out = act(conv(in) + residual): residual NULL, another tensor, or out itself (out +=
+ * conv(in)); act = ELU when `elu`. In bf16 inference one op (the sum and the ELU in the
+ * convolution's epilogue); in fp32 the convolution, an accumulate (through `scratch` when the
+ * sum lands in the residual's own buffer) and an in-place ELU, exactly as separate ops. */
+static void conv_epilogue_forward(const layer_ctx *c, const conv_layer *l, float *out, const float *in,
+                                  const float *residual, int elu, float *scratch) {
+    const size_t n = (size_t)c->N * plane(l->K, l->H, l->W);
+    if (c->packed) {
+        ncsn_conv_desc d = conv_desc(c, l);
+        ncsn_conv2d_forward_bf16_fused(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed,
+                                       d.has_bias ? c->params + l->b : NULL, residual ? cbf16_of(residual) : NULL,
+                                       elu, &d);
+        return;
+    }
+    if (!residual) {
+        conv_forward(c, l, out, in);
+    } else if (residual == out) {
+        conv_forward(c, l, scratch, in);
+        ncsn_accumulate(c->be, out, scratch, n);
+    } else {
+        conv_forward(c, l, out, in);
+        ncsn_accumulate(c->be, out, residual, n);
+    }
+    if (elu) ncsn_elu_forward(c->be, out, out, n);
 }
 
 void conv_backward(const layer_ctx *c, const conv_layer *l, float *din, int accumulate, const float *dout,
@@ -184,8 +250,14 @@ void norm_build(net_builder *b, norm_layer *l, const char *name, int conditional
 /* IN++ forward, with the ELU that follows it fused when `elu`. */
 static void norm_act_forward(const layer_ctx *c, const norm_layer *l, float *out, const float *x, int elu) {
     const float *P = c->params;
-    ncsn_instance_norm_plus_forward(c->be, out, x, P + l->gamma, P + l->alpha, P + l->beta, l->stride,
-                                    l->stride ? c->labels : NULL, ctx_slot(c, l->stats), c->N, l->C, l->H, l->W, elu);
+    const int32_t *labels = l->stride ? c->labels : NULL;
+    float *stats = ctx_slot(c, l->stats);
+    if (c->packed)
+        ncsn_instance_norm_plus_forward_bf16(c->be, bf16_of(out), cbf16_of(x), P + l->gamma, P + l->alpha, P + l->beta,
+                                             l->stride, labels, stats, c->N, l->C, l->H, l->W, elu);
+    else
+        ncsn_instance_norm_plus_forward(c->be, out, x, P + l->gamma, P + l->alpha, P + l->beta, l->stride, labels,
+                                        stats, c->N, l->C, l->H, l->W, elu);
 }
 
 void norm_forward(const layer_ctx *c, const norm_layer *l, float *out, const float *x) {
@@ -285,24 +357,23 @@ void res_block_forward(const layer_ctx *c, const res_block *r, const float *x) {
     norm_elu_forward(c, &r->norm1, a1, x);
     conv_forward(c, &r->conv1, h1, a1);
     norm_elu_forward(c, &r->norm2, a2, h1);
-    if (r->pool) {
-        conv_forward(c, &r->conv2, c->tmp[0], a2);
-        ncsn_mean_pool2_forward(c->be, out, c->tmp[0], c->N, r->Cout, r->H, r->W);
-    } else {
-        conv_forward(c, &r->conv2, out, a2);
-    }
+    /* The shortcut decides the pooling: only the 1x1 ConvMeanPool shortcut goes with a
+     * pooled conv2 (res_block_build). Where no pool sits between, the residual sum is the
+     * second convolution's epilogue. */
     switch (r->shortcut) {
     case SHORTCUT_IDENTITY:
-        ncsn_accumulate(c->be, out, x, n_out);
+        conv_epilogue_forward(c, &r->conv2, out, a2, x, 0, NULL);
         break;
     case SHORTCUT_MEANPOOL_1X1:
+        conv_forward(c, &r->conv2, c->tmp[0], a2);
+        act_mean_pool2(c, out, c->tmp[0], r->Cout, r->H, r->W);
         conv_forward(c, &r->shortcut_conv, c->tmp[0], x);
-        ncsn_mean_pool2_forward(c->be, c->tmp[1], c->tmp[0], c->N, r->Cout, r->H, r->W);
-        ncsn_accumulate(c->be, out, c->tmp[1], n_out);
+        act_mean_pool2(c, c->tmp[1], c->tmp[0], r->Cout, r->H, r->W);
+        act_accumulate(c, out, c->tmp[1], n_out);
         break;
     case SHORTCUT_DILATED_3X3:
-        conv_forward(c, &r->shortcut_conv, c->tmp[0], x);
-        ncsn_accumulate(c->be, out, c->tmp[0], n_out);
+        conv_forward(c, &r->conv2, out, a2);
+        conv_epilogue_forward(c, &r->shortcut_conv, out, x, out, 0, c->tmp[0]);
         break;
     }
 }
@@ -382,33 +453,26 @@ static const float *rcu_block_input(const layer_ctx *c, const rcu_block *r, int 
     return b == 0 ? x : ctx_slot(c, r->out[b - 1]);
 }
 
-float *rcu_forward(const layer_ctx *c, const rcu_block *r, float *x) {
+float *rcu_forward(const layer_ctx *c, const rcu_block *r, float *x, int elu_out) {
     const size_t n = (size_t)c->N * plane(r->C, r->H, r->W);
     float *y = rcu_output(c, r, x);
     for (int b = 0; b < r->n_blocks; b++) {
         float *e0 = ctx_slot(c, r->e[b][0]), *e1 = ctx_slot(c, r->e[b][1]);
+        const int elu = elu_out && b == r->n_blocks - 1;
         if (r->conditional) {
             const float *xb = rcu_block_input(c, r, b, x);
             float *cb = ctx_slot(c, r->c[b]), *ob = ctx_slot(c, r->out[b]);
             norm_elu_forward(c, &r->norm[b][0], e0, xb);
             conv_forward(c, &r->conv[b][0], cb, e0);
             norm_elu_forward(c, &r->norm[b][1], e1, cb);
-            conv_forward(c, &r->conv[b][1], ob, e1);
-            ncsn_accumulate(c->be, ob, xb, n); /* x += residual */
+            conv_epilogue_forward(c, &r->conv[b][1], ob, e1, xb, elu, NULL); /* x += residual */
         } else {
             /* Block input: x for the first block of a chain that is not in place, else the
              * chain buffer itself. */
             const float *xb = (b == 0) ? x : y;
-            ncsn_elu_forward(c->be, e0, xb, n);
-            conv_forward(c, &r->conv[b][0], e1, e0);
-            ncsn_elu_forward(c->be, e1, e1, n);
-            if (xb != y) {
-                conv_forward(c, &r->conv[b][1], y, e1);
-                ncsn_accumulate(c->be, y, xb, n);
-            } else {
-                conv_forward(c, &r->conv[b][1], c->tmp[0], e1);
-                ncsn_accumulate(c->be, y, c->tmp[0], n);
-            }
+            act_elu(c, e0, xb, n);
+            conv_epilogue_forward(c, &r->conv[b][0], e1, e0, NULL, 1, NULL);
+            conv_epilogue_forward(c, &r->conv[b][1], y, e1, xb, elu, c->tmp[0]);
         }
     }
     return y;
@@ -469,8 +533,13 @@ void crp_build(net_builder *b, crp_block *r, const char *name, int conditional, 
 
 /* Pooling of stage i (the v1 attribute is called maxpool but is an AvgPool2d(5, 1, 2)). */
 static void crp_pool_forward(const layer_ctx *c, const crp_block *r, float *out, const float *in) {
-    if (r->conditional) ncsn_avg_pool5_forward(c->be, out, in, c->N, r->F, r->H, r->W);
-    else ncsn_max_pool5_forward(c->be, out, in, c->N, r->F, r->H, r->W);
+    if (c->packed) {
+        if (r->conditional) ncsn_avg_pool5_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->N, r->F, r->H, r->W);
+        else ncsn_max_pool5_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->N, r->F, r->H, r->W);
+    } else {
+        if (r->conditional) ncsn_avg_pool5_forward(c->be, out, in, c->N, r->F, r->H, r->W);
+        else ncsn_max_pool5_forward(c->be, out, in, c->N, r->F, r->H, r->W);
+    }
 }
 
 static void crp_pool_backward(const layer_ctx *c, const crp_block *r, float *din, int accumulate,
@@ -480,11 +549,11 @@ static void crp_pool_backward(const layer_ctx *c, const crp_block *r, float *din
 }
 
 /* x = act(x); path = x; per stage: [v1 path = norm(path)]; path = conv(pool(path)); x = path + x */
-float *crp_forward(const layer_ctx *c, const crp_block *r, float *x) {
+float *crp_forward(const layer_ctx *c, const crp_block *r, float *x, int x_activated) {
     const size_t n = (size_t)c->N * plane(r->F, r->H, r->W);
     float *a = x, *p0 = ctx_slot(c, r->p[0]), *p1 = ctx_slot(c, r->p[1]);
     float *c0 = ctx_slot(c, r->c0), *out = ctx_slot(c, r->out);
-    ncsn_elu_forward(c->be, a, x, n);
+    if (!x_activated) act_elu(c, a, x, n);
     /* stage 0 */
     if (r->conditional) {
         norm_forward(c, &r->norms[0], c->tmp[0], a);
@@ -493,7 +562,7 @@ float *crp_forward(const layer_ctx *c, const crp_block *r, float *x) {
         crp_pool_forward(c, r, p0, a);
     }
     conv_forward(c, &r->convs[0], c0, p0);
-    ncsn_add(c->be, out, c0, a, n);
+    act_add(c, out, c0, a, n);
     /* stage 1 */
     if (r->conditional) {
         norm_forward(c, &r->norms[1], c->tmp[0], c0);
@@ -501,8 +570,7 @@ float *crp_forward(const layer_ctx *c, const crp_block *r, float *x) {
     } else {
         crp_pool_forward(c, r, p1, c0);
     }
-    conv_forward(c, &r->convs[1], c->tmp[1], p1);
-    ncsn_accumulate(c->be, out, c->tmp[1], n);
+    conv_epilogue_forward(c, &r->convs[1], out, p1, out, 0, c->tmp[1]);
     return out;
 }
 
@@ -570,25 +638,35 @@ void msf_build(net_builder *b, msf_block *r, const char *name, int conditional, 
 static int msf_same_size(const msf_block *r, int i) { return r->Hin[i] == r->H && r->Win[i] == r->W; }
 
 /* sums = 0; per input: sums += resize(conv([v1 norm](x_i))). A same-size bilinear resize
- * with align_corners=True is the identity, so it is skipped. */
-float *msf_forward(const layer_ctx *c, const msf_block *r, float *const *xs) {
+ * with align_corners=True is the identity, so it is skipped. The resized inputs go first,
+ * so that a same-size input adds itself to the sum in its convolution's epilogue (bf16
+ * inference); with at most two terms the order does not change the fp32 sum. */
+float *msf_forward(const layer_ctx *c, const msf_block *r, float *const *xs, int elu_out) {
     const size_t n = (size_t)c->N * plane(r->F, r->H, r->W);
     float *out = ctx_slot(c, r->out);
-    for (int i = 0; i < r->n_in; i++) {
-        const float *in = xs[i];
-        if (r->conditional) {
-            float *ni = ctx_slot(c, r->n[i]);
-            norm_forward(c, &r->norms[i], ni, xs[i]);
-            in = ni;
+    NCSN_CHECK(r->n_in <= 2);
+    int written = 0;
+    for (int same_size = 0; same_size <= 1; same_size++) {
+        for (int i = 0; i < r->n_in; i++) {
+            if (msf_same_size(r, i) != same_size) continue;
+            const float *in = xs[i];
+            if (r->conditional) {
+                float *ni = ctx_slot(c, r->n[i]);
+                norm_forward(c, &r->norms[i], ni, xs[i]);
+                in = ni;
+            }
+            if (same_size) {
+                /* Input 0 is at the output size (refine_block_build): a same-size conv is last. */
+                const int elu = elu_out && i == r->n_in - 1;
+                conv_epilogue_forward(c, &r->convs[i], out, in, written ? out : NULL, elu, c->tmp[1]);
+            } else {
+                float *dst = written ? c->tmp[1] : out;
+                conv_forward(c, &r->convs[i], c->tmp[0], in);
+                act_resize(c, dst, c->tmp[0], r->F, r->Hin[i], r->Win[i], r->H, r->W);
+                if (written) act_accumulate(c, out, dst, n);
+            }
+            written = 1;
         }
-        float *dst = (i == 0) ? out : c->tmp[1];
-        if (msf_same_size(r, i)) {
-            conv_forward(c, &r->convs[i], dst, in);
-        } else {
-            conv_forward(c, &r->convs[i], c->tmp[0], in);
-            ncsn_resize_bilinear_forward(c->be, dst, c->tmp[0], c->N, r->F, r->Hin[i], r->Win[i], r->H, r->W);
-        }
-        if (i > 0) ncsn_accumulate(c->be, out, dst, n);
     }
     return out;
 }
@@ -659,10 +737,14 @@ static void refine_block_inner(const layer_ctx *c, const refine_block *r, float 
 
 float *refine_block_forward(const layer_ctx *c, const refine_block *r, float *const *xs) {
     float *hs[2] = {NULL, NULL};
-    for (int i = 0; i < r->n_in; i++) hs[i] = rcu_forward(c, &r->adapt[i], xs[i]);
-    float *h = r->start ? hs[0] : msf_forward(c, &r->msf, hs);
-    h = crp_forward(c, &r->crp, h);
-    return rcu_forward(c, &r->out_rcu, h);
+    /* In bf16 inference the CRP's leading ELU runs in the epilogue of the convolution that
+     * produced its input (the start block's adapted input, or the MSF sum): nothing else reads
+     * the value before the ELU. In fp32 the CRP applies it, as the backward expects. */
+    const int fuse = c->packed != NULL;
+    for (int i = 0; i < r->n_in; i++) hs[i] = rcu_forward(c, &r->adapt[i], xs[i], fuse && r->start);
+    float *h = r->start ? hs[0] : msf_forward(c, &r->msf, hs, fuse);
+    h = crp_forward(c, &r->crp, h, fuse);
+    return rcu_forward(c, &r->out_rcu, h, 0);
 }
 
 void refine_block_backward(const layer_ctx *c, const refine_block *r, float *d, float *const *dxs,
@@ -744,7 +826,7 @@ void refinenet_build(net_builder *b, refinenet *n, int conditional, int divide_b
     n->h0 = builder_act(b, in_size);
     n->begin_out = builder_act(b, top);
     n->head_a = builder_act(b, top);
-    if (divide_by_sigma) n->head_out = builder_act(b, in_size);
+    n->head_out = builder_act(b, in_size); /* v2: before / sigma; bf16 inference: before export */
     builder_temp(b, top);
 
     /* Gradient slots: one per encoder output that a RefineBlock reads (the deepest one is
@@ -776,7 +858,10 @@ void refinenet_forward(const layer_ctx *c, const refinenet *n, float *score, con
     /* Inputs are in [0, 1]; the networks see 2x - 1 unless logit_transform / rescaled.
      * The input is copied either way: begin_conv's backward reads it after the caller may
      * have reused x. */
-    if (n->centre_input) ncsn_scale_shift(c->be, h0, x, 2.0f, -1.0f, n_in);
+    if (c->packed)
+        ncsn_bf16_from_nchw(c->be, bf16_of(h0), x, n->centre_input ? 2.0f : 1.0f, n->centre_input ? -1.0f : 0.0f,
+                            c->N, n->C, n->H, n->W);
+    else if (n->centre_input) ncsn_scale_shift(c->be, h0, x, 2.0f, -1.0f, n_in);
     else ncsn_copy(c->be, h0, x, n_in * sizeof(float));
     conv_forward(c, &n->begin_conv, h, h0);
 
@@ -795,7 +880,13 @@ void refinenet_forward(const layer_ctx *c, const refinenet *n, float *score, con
 
     float *a = ctx_slot(c, n->head_a);
     norm_elu_forward(c, &n->normalizer, a, ref);
-    if (n->divide_by_sigma) {
+    if (c->packed) {
+        /* Back to the caller's fp32 NCHW, with the v2 division by sigma in the same pass. */
+        float *f = ctx_slot(c, n->head_out);
+        conv_forward(c, &n->end_conv, f, a);
+        ncsn_nchw_from_bf16(c->be, score, cbf16_of(f), n->divide_by_sigma ? sigmas : NULL, c->labels, c->N, n->C,
+                            n->H, n->W);
+    } else if (n->divide_by_sigma) {
         float *f = ctx_slot(c, n->head_out);
         conv_forward(c, &n->end_conv, f, a);
         ncsn_divide_by_sigma(c->be, score, f, sigmas, c->labels, c->N, in_size);

@@ -19,6 +19,10 @@
  *   outputs, conv inputs) and nothing else; values only needed inside the forward go to
  *   the three shared scratch tensors ctx->tmp[0..2] (each of the largest temporary size),
  *   which the backward reuses for its own intermediate gradients.
+ * - bf16 inference (layer_ctx.packed != NULL; ncsn_model_set_bf16_inference): the forward
+ *   runs the backend's bf16 NHWC ops, so every activation slot holds bf16 in NHWC order
+ *   and uses half of its bytes (slots stay sized in floats: one arena serves both modes).
+ *   Convolutions read their weights from the packed copy. There is no bf16 backward.
  */
 #ifndef NCSN_MODELS_LAYERS_H
 #define NCSN_MODELS_LAYERS_H
@@ -58,6 +62,9 @@ typedef struct {
     int fan_in; /* PARAM_INIT_UNIFORM */
 } param_init;
 
+/* A convolution layer (defined with the primitive layers below). */
+typedef struct conv_layer conv_layer;
+
 /* Collects, while a network is built: the parameter table (in registration order), how to
  * initialise each entry, the arena slots (per example) and the conv MACs per example. */
 typedef struct {
@@ -68,6 +75,8 @@ typedef struct {
     size_t max_temp;   /* per example: the largest scratch tensor any block needs */
     double macs;       /* conv multiply-accumulates per example per forward */
     int L;             /* noise levels (rows of CondIN++ embeddings, toy tables) */
+    conv_layer **convs; /* every convolution built, in build order (bf16 weight packing) */
+    int n_convs, convs_cap;
 } net_builder;
 
 /* Adds the tensor named by the printf-style format; returns its offset in floats. */
@@ -113,6 +122,7 @@ typedef struct {
     int N_planned;          /* slot stride */
     const int32_t *labels;  /* N level indices (backend memory, a copy in the arena) */
     float *tmp[3];          /* shared scratch, builder max_temp floats per example each */
+    const unsigned char *packed; /* bf16 inference: the packed conv weights; NULL: fp32 NCHW */
     grad_progress *progress; /* backward only; NULL when no grad-ready hook is set */
 } layer_ctx;
 
@@ -128,11 +138,12 @@ static inline void grads_final(const layer_ctx *c, param_range r) {
 /* ---- primitive layers --------------------------------------------------------------- */
 
 /* nn.Conv2d with stride 1 and "same" padding (dilation * (ksize / 2)). */
-typedef struct {
+struct conv_layer {
     size_t w, b; /* b = NCSN_NO_PARAM: no bias */
+    size_t packed; /* bf16 inference: byte offset of its packed weights in layer_ctx.packed */
     int C, K, ksize, dilation, H, W;
     param_range params;
-} conv_layer;
+};
 
 /* InstanceNorm2dPlus (conditional: ConditionalInstanceNorm2dPlus, parameters in the
  * [L, 3C] embedding as [gamma | alpha | beta]). Owns its statistics slot. */
@@ -198,8 +209,9 @@ typedef struct {
 
 void rcu_build(net_builder *b, rcu_block *r, const char *name, int conditional, int in_place, int C,
                int n_blocks, int H, int W);
-/* Returns the output (x itself when in place). */
-float *rcu_forward(const layer_ctx *c, const rcu_block *r, float *x);
+/* Returns the output (x itself when in place). elu_out: apply the ELU to the output too
+ * (bf16 inference: the consumer is a CRP, whose leading ELU moves here). */
+float *rcu_forward(const layer_ctx *c, const rcu_block *r, float *x, int elu_out);
 /* In place: d holds d(out) on entry and d(x) on exit. x: the forward's input. */
 void rcu_backward(const layer_ctx *c, const rcu_block *r, float *d, const float *x);
 
@@ -215,7 +227,7 @@ typedef struct {
 } crp_block;
 
 void crp_build(net_builder *b, crp_block *r, const char *name, int conditional, int F, int H, int W);
-float *crp_forward(const layer_ctx *c, const crp_block *r, float *x);
+float *crp_forward(const layer_ctx *c, const crp_block *r, float *x, int x_activated);
 /* In place: d(out) -> d(x). a: the forward's input buffer (holding ELU(x)). */
 void crp_backward(const layer_ctx *c, const crp_block *r, float *d, const float *a);
 
@@ -232,7 +244,7 @@ typedef struct {
 
 void msf_build(net_builder *b, msf_block *r, const char *name, int conditional, int n_in, const int *Cin,
                const int *Hin, const int *Win, int F, int H, int W);
-float *msf_forward(const layer_ctx *c, const msf_block *r, float *const *xs);
+float *msf_forward(const layer_ctx *c, const msf_block *r, float *const *xs, int elu_out);
 /* dxs[i] = d(xs[i]) (overwritten); must not alias dout. */
 void msf_backward(const layer_ctx *c, const msf_block *r, float *const *dxs, const float *dout,
                   float *const *xs);

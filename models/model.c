@@ -33,6 +33,10 @@ struct ncsn_model {
     /* the network */
     refinenet rn;
     toy_net toy;
+    conv_layer **convs; /* every convolution of rn / toy (net_builder.convs) */
+    int n_convs;
+    /* bf16 inference (ncsn_model_set_bf16_inference): packed conv weights; NULL: off */
+    unsigned char *packed;
     /* grad-ready hook (model.h); NULL: none */
     ncsn_grad_ready_fn grad_ready;
     void *grad_ready_ctx;
@@ -83,6 +87,12 @@ ncsn_model *ncsn_model_create(ncsn_backend *be, const ncsn_config *cfg) {
     }
     m->init = b.init;
     m->macs = b.macs;
+    m->convs = b.convs;
+    m->n_convs = b.n_convs;
+    /* The packed-weight offsets are written into the layers later, through these pointers:
+     * the builders must have built every layer in place, inside this model. */
+    for (int i = 0; i < m->n_convs; i++)
+        NCSN_CHECK((const char *)m->convs[i] >= (const char *)m && (const char *)(m->convs[i] + 1) <= (const char *)(m + 1));
     m->labels_slot = builder_act(&b, 1); /* int32, one per example */
     for (int i = 0; i < 3; i++) m->tmp_slot[i] = builder_act(&b, b.max_temp);
     m->act_per_example = b.act_floats;
@@ -106,6 +116,8 @@ void ncsn_model_free(ncsn_model *m) {
     ncsn_free(m->be, m->grads);
     ncsn_free(m->be, m->sigmas);
     if (m->arena) ncsn_free(m->be, m->arena);
+    if (m->packed) ncsn_free(m->be, m->packed);
+    free(m->convs);
     free(m->sigmas_host);
     free(m->init);
     ncsn_param_table_free(&m->table);
@@ -213,6 +225,7 @@ void ncsn_model_forward(ncsn_model *m, float *score, const float *x, const int32
             NCSN_CHECKF(labels[n] >= 0 && labels[n] < m->L, "ncsn_model_forward: labels[%d] = %d outside [0, %d)", n,
                         labels[n], m->L);
     layer_ctx c = model_ctx(m, N);
+    c.packed = m->packed;
     /* The backward needs the labels after the caller may have reused its buffer. */
     ncsn_copy(m->be, (void *)c.labels, labels, (size_t)N * sizeof(int32_t));
     if (m->arch == NCSN_ARCH_TOY) toy_forward(&c, &m->toy, score, x, m->sigmas);
@@ -222,6 +235,8 @@ void ncsn_model_forward(ncsn_model *m, float *score, const float *x, const int32
 
 void ncsn_model_backward(ncsn_model *m, float *dx, const float *dscore) {
     NCSN_CHECKF(m->last_N > 0, "ncsn_model_backward: no forward since the arena was planned");
+    NCSN_CHECKF(!m->packed, "ncsn_model_backward: the model is in bf16 inference (forward only); "
+                            "ncsn_model_set_bf16_inference(m, 0) first");
     layer_ctx c = model_ctx(m, m->last_N);
     grad_progress progress = {.ready = m->grad_ready, .ctx = m->grad_ready_ctx, .first_final = m->table.total};
     if (m->grad_ready) c.progress = &progress;
@@ -233,6 +248,31 @@ void ncsn_model_backward(ncsn_model *m, float *dx, const float *dscore) {
         NCSN_CHECKF(progress.first_final == 0 && progress.n_pending == 0,
                     "model backward: only [%zu, %zu) of the gradients were reported final (%d ranges pending)",
                     progress.first_final, m->table.total, progress.n_pending);
+}
+
+int ncsn_model_set_bf16_inference(ncsn_model *m, int on) {
+    if (m->packed) ncsn_free(m->be, m->packed);
+    m->packed = NULL;
+    if (!on || m->arch == NCSN_ARCH_TOY) return 0;
+    /* One buffer; each convolution's packed weights at a 256-byte-aligned offset. The size
+     * of a packing does not depend on the batch (backend.h), so N = 1 describes it. */
+    size_t total = 0;
+    for (int i = 0; i < m->n_convs; i++) {
+        conv_layer *l = m->convs[i];
+        ncsn_conv_desc d = {1, l->C, l->H, l->W, l->K, l->ksize, l->dilation, l->b != NCSN_NO_PARAM};
+        l->packed = total;
+        size_t bytes = ncsn_conv2d_packed_weights_bytes(m->be, &d);
+        NCSN_CHECKF(bytes > 0 && bytes % 256 == 0, "bf16 inference: packed weights of %zu bytes (not a multiple of 256)",
+                    bytes);
+        total += bytes;
+    }
+    m->packed = ncsn_alloc(m->be, total);
+    for (int i = 0; i < m->n_convs; i++) {
+        const conv_layer *l = m->convs[i];
+        ncsn_conv_desc d = {1, l->C, l->H, l->W, l->K, l->ksize, l->dilation, l->b != NCSN_NO_PARAM};
+        ncsn_conv2d_pack_weights_bf16(m->be, m->packed + l->packed, m->params + l->w, &d);
+    }
+    return 1;
 }
 
 void ncsn_model_set_grad_ready_hook(ncsn_model *m, ncsn_grad_ready_fn fn, void *ctx) {

@@ -252,6 +252,13 @@ typedef struct ncsn_backend_ops {
      * b may be NULL when !d->has_bias. */
     void (*conv2d_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
                                 const float *b, const ncsn_conv_desc *d);
+    /* The same with the memory-bound op that follows a convolution in the networks folded into
+     * its epilogue: out = bf16(act(conv(in, w) + b + residual)), all in fp32 before the one
+     * rounding; residual may be NULL or any bf16 NHWC tensor of out's shape, out itself
+     * included (out += conv); act is the ELU when `elu`, else the identity. residual must
+     * not alias in. (Being folded into conv2d_forward_bf16 as its only form.) */
+    void (*conv2d_forward_bf16_fused)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                      const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
     /* instance_norm_plus_forward on bf16 NHWC (elu: fused ELU). stats are written as there. */
     void (*instance_norm_plus_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x,
                                             const float *gamma, const float *alpha, const float *beta,
@@ -367,6 +374,7 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_conv2d_packed_weights_bytes(be, d) NCSN_OP(be, conv2d_packed_weights_bytes)(be, d)
 #define ncsn_conv2d_pack_weights_bf16(be, ...) NCSN_OP(be, conv2d_pack_weights_bf16)(be, __VA_ARGS__)
 #define ncsn_conv2d_forward_bf16(be, ...) NCSN_OP(be, conv2d_forward_bf16)(be, __VA_ARGS__)
+#define ncsn_conv2d_forward_bf16_fused(be, ...) NCSN_OP(be, conv2d_forward_bf16_fused)(be, __VA_ARGS__)
 #define ncsn_instance_norm_plus_forward_bf16(be, ...) NCSN_OP(be, instance_norm_plus_forward_bf16)(be, __VA_ARGS__)
 #define ncsn_elu_forward_bf16(be, ...) NCSN_OP(be, elu_forward_bf16)(be, __VA_ARGS__)
 #define ncsn_add_bf16(be, ...) NCSN_OP(be, add_bf16)(be, __VA_ARGS__)

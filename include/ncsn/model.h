@@ -99,6 +99,16 @@ void ncsn_model_zero_grads(ncsn_model *m);
 typedef void (*ncsn_grad_ready_fn)(void *ctx, size_t first_final);
 void ncsn_model_set_grad_ready_hook(ncsn_model *m, ncsn_grad_ready_fn fn, void *ctx);
 
+/* bf16 inference (the sampler's fast path): with on = 1, ncsn_model_forward runs the
+ * backend's bf16 NHWC op set (backend.h): every activation is stored as bf16 in NHWC order,
+ * convolutions read a bf16 copy of their weights packed now, in the backend's layout, and
+ * the input and output stay fp32 NCHW. The packed weights are a snapshot of the current
+ * parameters: call again after changing them (loading a checkpoint, switching to EMA).
+ * There is no backward in this mode (ncsn_model_backward refuses); on = 0 frees the packed
+ * weights and returns to fp32 NCHW. Returns 1 when on, 0 when off or when the architecture
+ * has no bf16 path (the toy MLP, which keeps fp32 activations). */
+int ncsn_model_set_bf16_inference(ncsn_model *m, int on);
+
 /* Multiply-accumulates of the convolutions of one forward for one example. */
 double ncsn_model_conv_macs(const ncsn_model *m);
 /* Prints the architecture summary, the tensor table and "parameters: N". */

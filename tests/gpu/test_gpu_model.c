@@ -403,6 +403,118 @@ static void test_sampler(const char *tag, const ncsn_config *cfg, int levels, do
     pair_free(&mp);
 }
 
+/* ---- 3. bf16 inference (the sampler's fast path) ------------------------------------------ */
+
+static double rel_l2(const float *a, const float *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Runs the chain of test_sampler on one backend; returns x on the host. */
+static float *run_chain(ncsn_backend *be, ncsn_model *m, const model_pair *mp, const ncsn_sampler_options *o,
+                        int levels) {
+    const size_t BD = (size_t)BATCH * mp->D;
+    ncsn_sampler *smp =
+        ncsn_sampler_create(be, ncsn_model_score_fn, m, ncsn_model_sigmas_host(m), mp->L, mp->C, mp->H, mp->W, BATCH, o);
+    float *x = ncsn_alloc(be, BD * sizeof(float));
+    ncsn_sampler_init_batch(smp, x, 0, BATCH);
+    ncsn_sampler_run_levels(smp, x, 0, BATCH, mp->L - levels, mp->L);
+    ncsn_sampler_finish(smp, x, BATCH);
+    float *h = to_host(be, x, BD);
+    ncsn_free(be, x);
+    ncsn_sampler_free(smp);
+    return h;
+}
+
+/* One forward and a short chain with both models in bf16 NHWC inference. The GPU and the
+ * CPU round the same activations to bf16, but their convolutions sum in different orders,
+ * so a value near a rounding boundary can round either way on either side: the two are
+ * independent approximations of the fp32 result. With d = the CPU's measured distance from
+ * its own fp32 run (relative L2), the GPU's distance from that fp32 is statistically the
+ * same d, so by the triangle inequality |gpu - cpu| <= 2d, and we allow 3d for the
+ * variation of d between runs. (A layout or offset bug gives a relative L2 near 1.) In the
+ * CPU-pair mode both sides are the same backend, so the results are bit-identical.
+ * Graph replay and direct ops must agree bit for bit in bf16 too. */
+static void test_bf16_inference(const char *tag, const ncsn_config *cfg, int levels, double step_lr) {
+    model_pair mp = pair_create(cfg);
+    const size_t BD = (size_t)BATCH * mp.D;
+    ncsn_sampler_options o;
+    ncsn_sampler_options_default(&o);
+    o.kind = NCSN_SAMPLER_ALD;
+    o.init = NCSN_INIT_UNIFORM;
+    o.init_lo = 0.0f, o.init_hi = 1.0f;
+    o.step_lr = step_lr;
+    o.n_steps_each = 2;
+    o.denoise = 1;
+    o.seed = SEED + 2;
+
+    /* One forward at every precision on the same inputs. */
+    float *xh = ncsn_xmalloc(BD * sizeof(float));
+    int32_t lab[BATCH];
+    for (size_t i = 0; i < BD; i++) xh[i] = ncsn_rng_uniform(SEED, 3, 0, 0, i);
+    for (int n = 0; n < BATCH; n++) lab[n] = (int32_t)((3 * n + 1) % mp.L);
+    ncsn_backend *bes[2] = {cpu, gpu};
+    ncsn_model *ms[2] = {mp.mc, mp.mg};
+    float *score[3];
+    for (int k = 0; k < 3; k++) { /* 0: cpu fp32, 1: cpu bf16, 2: gpu bf16 */
+        ncsn_backend *be = bes[k == 2];
+        ncsn_model *m = ms[k == 2];
+        if (k >= 1) {
+            ncsn_backend_set_precision(be, NCSN_PRECISION_BF16);
+            EXPECT(ncsn_model_set_bf16_inference(m, 1) == 1, "%s: bf16 inference refused", tag);
+        }
+        float *x = ncsn_alloc(be, BD * sizeof(float)), *sc = ncsn_alloc(be, BD * sizeof(float));
+        int32_t *labels = ncsn_alloc(be, sizeof lab);
+        ncsn_copy_to_device(be, x, xh, BD * sizeof(float));
+        ncsn_copy_to_device(be, labels, lab, sizeof lab);
+        ncsn_model_forward(m, sc, x, labels, BATCH);
+        score[k] = to_host(be, sc, BD);
+        ncsn_free(be, x);
+        ncsn_free(be, sc);
+        ncsn_free(be, labels);
+    }
+    const double d_score = rel_l2(score[1], score[0], BD), g_score = rel_l2(score[2], score[1], BD);
+    harness_checks++;
+    int ok = g_score <= 3.0 * d_score;
+    if (!ok) harness_failures++;
+    printf("  %-4s bf16 inference score: |gpu - cpu| %.3e (bound 3 x |cpu bf16 - cpu fp32| = %.3e)  %s\n", tag,
+           g_score, 3.0 * d_score, ok ? "PASS" : "FAIL");
+
+    /* The chains: CPU fp32 (for d), CPU bf16, GPU bf16 by graph replay and by direct ops. */
+    ncsn_backend_set_precision(cpu, NCSN_PRECISION_FP32);
+    ncsn_model_set_bf16_inference(mp.mc, 0);
+    float *x32 = run_chain(cpu, mp.mc, &mp, &o, levels);
+    ncsn_backend_set_precision(cpu, NCSN_PRECISION_BF16);
+    ncsn_model_set_bf16_inference(mp.mc, 1);
+    float *xc = run_chain(cpu, mp.mc, &mp, &o, levels);
+    float *xg = run_chain(gpu, mp.mg, &mp, &o, levels);
+    setenv("NCSN_CUDA_GRAPHS", "0", 1);
+    float *xd = run_chain(gpu, mp.mg, &mp, &o, levels);
+    unsetenv("NCSN_CUDA_GRAPHS");
+    const double d_chain = rel_l2(xc, x32, BD), g_chain = rel_l2(xg, xc, BD);
+    harness_checks++;
+    ok = g_chain <= 3.0 * d_chain;
+    if (!ok) harness_failures++;
+    printf("  %-4s bf16 inference chain x: |gpu - cpu| %.3e (bound 3 x |cpu bf16 - cpu fp32| = %.3e)  %s\n", tag,
+           g_chain, 3.0 * d_chain, ok ? "PASS" : "FAIL");
+    harness_checks++;
+    int same = !memcmp(xg, xd, BD * sizeof(float));
+    if (!same) harness_failures++;
+    printf("  %-4s bf16 inference chain: CUDA graph replay vs direct ops: %s\n", tag,
+           same ? "bit-identical PASS" : "differ FAIL");
+
+    ncsn_backend_set_precision(cpu, NCSN_PRECISION_FP32);
+    ncsn_backend_set_precision(gpu, NCSN_PRECISION_FP32);
+    for (int k = 0; k < 3; k++) free(score[k]);
+    free(xh); free(x32); free(xc); free(xg); free(xd);
+    pair_free(&mp);
+}
+
 int main(void) {
     verbose = getenv("NCSN_TEST_GPU_VERBOSE") && !strcmp(getenv("NCSN_TEST_GPU_VERBOSE"), "1");
     int cpu_pair = gpu_pair_create(&cpu, &gpu);
@@ -421,6 +533,10 @@ int main(void) {
     printf("-- sampler chains (ALD, n_steps_each 2, batch %d, same seed)\n", BATCH);
     test_sampler("v2", &v2, 3, 5e-5);
     test_sampler("v1", &v1, 3, 2e-5);
+
+    printf("-- bf16 NHWC inference (ncsn_model_set_bf16_inference), batch %d\n", BATCH);
+    test_bf16_inference("v2", &v2, 3, 5e-5);
+    test_bf16_inference("v1", &v1, 3, 2e-5);
 
     printf("-- multi-GPU equivalence: tests/run_gpu.sh runs tests/test_train_dp.c on 2 GPUs when present\n");
 
