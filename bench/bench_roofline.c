@@ -19,9 +19,15 @@
  * the 5x5 pools' and the resize's neighbourhood re-reads served by L1/L2 and counted once.
  * The per-call weight conversions of the staged design are charged to a batch of B images.
  *
- * Time per image-evaluation = conv FLOPs / (peak x efficiency) + bytes / achieved bandwidth.
- * The peaks and the efficiencies are the assumptions table of GPU_PERFORMANCE.md; change
- * them there and here together. The 50k-sample FID time follows from the NFE per sample.
+ * Time, kernel by kernel (a roofline): a cuDNN convolution takes the longer of its arithmetic
+ * at the assumed efficiency and its own traffic (it streams its input and output while its
+ * tensor cores work: for the 128/256-channel layers that traffic is hidden, for the 3-channel
+ * first and last layers it is what counts); every other kernel (the norms, ELUs, sums, pools,
+ * and the staging or bias kernels around a convolution where a design has them) is
+ * memory-bound: bytes / achieved bandwidth. Kernels of one stream run one after another, so
+ * the times add. The peaks and efficiencies are the assumptions table of
+ * GPU_PERFORMANCE.md; change them there and here together. The 50k-sample FID time follows
+ * from the NFE per sample.
  *
  * Usage: build/bench/bench_roofline [config.yml] [batch]
  *        (defaults: models/configs/cifar10.yml, 1000; a fraction of a second, no GPU)
@@ -55,6 +61,7 @@ static const char *const kind_names[K_COUNT] = {"convolutions", "InstanceNorm++ 
 
 typedef struct {
     double kernels[K_COUNT], bytes[K_COUNT], calls[K_COUNT];
+    double us[K_COUNT], us_low[K_COUNT]; /* roofline time at the middle and the low conv efficiency */
     double conv_flops;
 } tally;
 
@@ -62,10 +69,35 @@ static tally t;
 static design current;
 static int batch_for_weights = 1000;
 
+static int verbose; /* NCSN_ROOFLINE_VERBOSE=1: one line per op call */
+
+static double mem_us(double bytes) { return bytes / H100_HBM_ACHIEVED * 1e6; }
+
+/* A memory-bound op: `kernels` launches moving `bytes` per image. */
 static void add(int kind, double kernels, double bytes) {
+    if (verbose) printf("    %-24s kernels %.0f  KiB/image %8.1f\n", kind_names[kind], kernels, bytes / 1024.0);
     t.calls[kind] += 1;
     t.kernels[kind] += kernels;
     t.bytes[kind] += bytes;
+    t.us[kind] += mem_us(bytes);
+    t.us_low[kind] += mem_us(bytes);
+}
+
+/* A convolution: the cuDNN kernel (flops, its own traffic conv_bytes), plus `extra_kernels`
+ * memory-bound kernels around it moving extra_bytes (staging, bias). */
+static void add_conv(double flops, double conv_bytes, double extra_kernels, double extra_bytes, int bf16) {
+    const double peak = bf16 ? H100_BF16_PEAK : H100_TF32_PEAK;
+    const double eff = bf16 ? EFF_BF16_NHWC : EFF_TF32_NCHW, eff_low = bf16 ? EFF_BF16_NHWC_LOW : EFF_TF32_NCHW;
+    double c = flops / (peak * eff) * 1e6, c_low = flops / (peak * eff_low) * 1e6, m = mem_us(conv_bytes);
+    if (verbose)
+        printf("    %-24s kernels %.0f  KiB/image %8.1f  (compute %.2f us, own traffic %.2f us)\n",
+               kind_names[K_CONV], 1 + extra_kernels, (conv_bytes + extra_bytes) / 1024.0, c, m);
+    t.conv_flops += flops;
+    t.calls[K_CONV] += 1;
+    t.kernels[K_CONV] += 1 + extra_kernels;
+    t.bytes[K_CONV] += conv_bytes + extra_bytes;
+    t.us[K_CONV] += (c > m ? c : m) + mem_us(extra_bytes);
+    t.us_low[K_CONV] += (c_low > m ? c_low : m) + mem_us(extra_bytes);
 }
 
 /* ---- counting ops: fp32 NCHW (designs tf32 and bf16 staged) ---- */
@@ -74,21 +106,22 @@ static void c_conv2d_forward(ncsn_backend *be, float *out, const float *in, cons
                              const ncsn_conv_desc *d) {
     const double x = (double)d->N * d->C * d->H * d->W, y = (double)d->N * d->K * d->H * d->W;
     const double wn = (double)d->K * d->C * d->ksize * d->ksize;
-    t.conv_flops += 2.0 * y * d->C * d->ksize * d->ksize;
-    double kernels = 1, bytes;
+    const double flops = 2.0 * y * d->C * d->ksize * d->ksize;
+    double extra_kernels = 0, conv_bytes, extra_bytes = 0;
     if (current == DESIGN_BF16_STAGED) {
-        /* input -> bf16 NHWC (read 4, write 2), cuDNN (read 2, write fp32 NHWC 4), transpose
-         * back (read 4, write 4); weights -> bf16 KRSC once per call (per batch). */
-        kernels += 3;
-        bytes = x * (4 + 2) + x * 2 + y * 4 + y * (4 + 4) + wn * (4 + 2 + 2) / batch_for_weights;
+        /* input -> bf16 NHWC (read 4, write 2), weights -> bf16 KRSC once per call (per batch),
+         * cuDNN (read 2, write fp32 NHWC 4), transpose back (read 4, write 4). */
+        extra_kernels = 3;
+        conv_bytes = x * 2 + y * 4 + wn * 2 / batch_for_weights;
+        extra_bytes = x * (4 + 2) + y * (4 + 4) + wn * (4 + 2) / batch_for_weights;
     } else {
-        bytes = x * 4 + y * 4 + wn * 4 / batch_for_weights;
+        conv_bytes = x * 4 + y * 4 + wn * 4 / batch_for_weights;
     }
     if (b) {
-        kernels += 1;
-        bytes += y * 8; /* the broadcast bias add: read, write */
+        extra_kernels += 1;
+        extra_bytes += y * 8; /* the broadcast bias add: read, write */
     }
-    add(K_CONV, kernels, bytes);
+    add_conv(flops, conv_bytes, extra_kernels, extra_bytes, current == DESIGN_BF16_STAGED);
 }
 
 static void c_in_plus(ncsn_backend *be, float *out, const float *x, const float *gamma, const float *alpha,
@@ -132,13 +165,16 @@ static void c_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const 
                                         const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
     const double x = (double)d->N * d->C * d->H * d->W, y = (double)d->N * d->K * d->H * d->W;
     const double wn = (double)d->K * d->C * d->ksize * d->ksize;
-    t.conv_flops += 2.0 * y * d->C * d->ksize * d->ksize;
-    double kernels = 1, bytes = x * 2 + y * 2 + wn * 2 / batch_for_weights + (residual ? y * 2 : 0);
+    const double flops = 2.0 * y * d->C * d->ksize * d->ksize;
+    double extra_kernels = 0, conv_bytes = x * 2 + y * 2 + wn * 2 / batch_for_weights, extra_bytes = 0;
+    if (residual) conv_bytes += y * 2;
     if ((b || residual || elu) && current == DESIGN_BF16_NHWC_UNFUSED) {
-        kernels += 1;
-        bytes += y * (4 - 2) + y * (4 + 2);
+        /* cuDNN writes fp32 (4 instead of 2); the epilogue kernel reads it, writes bf16 */
+        conv_bytes += y * 2 - (residual ? y * 2 : 0);
+        extra_kernels = 1;
+        extra_bytes = y * (4 + 2) + (residual ? y * 2 : 0);
     }
-    add(K_CONV, kernels, bytes);
+    add_conv(flops, conv_bytes, extra_kernels, extra_bytes, 1);
 }
 static void c_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed,
                                   const float *b, const ncsn_conv_desc *d) {
@@ -211,6 +247,7 @@ static ncsn_backend_ops counting_ops(const ncsn_backend_ops *real) {
 int main(int argc, char **argv) {
     const char *config = argc > 1 ? argv[1] : "models/configs/cifar10.yml";
     batch_for_weights = argc > 2 ? atoi(argv[2]) : 1000;
+    verbose = getenv("NCSN_ROOFLINE_VERBOSE") && !strcmp(getenv("NCSN_ROOFLINE_VERBOSE"), "1");
     if (batch_for_weights < 1) batch_for_weights = 1;
     ncsn_backend *be = bench_cpu_backend("bench_roofline");
     const ncsn_backend_ops *real = be->ops;
@@ -244,36 +281,34 @@ int main(int argc, char **argv) {
         /* The replayed sampler step around the network: chain labels, the Langevin update
          * (read x and the score, write x: fp32) and the step counter. */
         const double step_bytes = (double)D * 12, step_kernels = 3;
-        double bytes = step_bytes, kernels = step_kernels;
-        printf("%s\n  %-24s %8s %8s %12s\n", design_names[dsg], "op", "calls", "kernels", "MiB/image");
+        double bytes = step_bytes, kernels = step_kernels, us = mem_us(step_bytes), us_low = us;
+        printf("%s\n  %-24s %8s %8s %12s %10s %10s\n", design_names[dsg], "op", "calls", "kernels", "MiB/image",
+               "us/image", "(low eff)");
         for (int k = 0; k < K_COUNT; k++) {
             if (t.calls[k] == 0) continue;
-            printf("  %-24s %8.0f %8.0f %12.2f\n", kind_names[k], t.calls[k], t.kernels[k], t.bytes[k] / 1048576.0);
+            printf("  %-24s %8.0f %8.0f %12.2f %10.2f %10.2f\n", kind_names[k], t.calls[k], t.kernels[k],
+                   t.bytes[k] / 1048576.0, t.us[k], t.us_low[k]);
             bytes += t.bytes[k];
             kernels += t.kernels[k];
+            us += t.us[k];
+            us_low += t.us_low[k];
         }
-        printf("  %-24s %8s %8.0f %12.2f\n", "Langevin step around it", "", step_kernels, step_bytes / 1048576.0);
-        const double peak = dsg == DESIGN_TF32 ? H100_TF32_PEAK : H100_BF16_PEAK;
-        const double eff = dsg == DESIGN_TF32 ? EFF_TF32_NCHW : EFF_BF16_NHWC;
-        const double eff_low = dsg == DESIGN_TF32 ? EFF_TF32_NCHW : EFF_BF16_NHWC_LOW;
-        const double conv_us = t.conv_flops / (peak * eff) * 1e6, conv_us_low = t.conv_flops / (peak * eff_low) * 1e6;
-        const double mem_us = bytes / H100_HBM_ACHIEVED * 1e6;
-        per_image_us[dsg] = conv_us + mem_us;
-        per_image_us_low[dsg] = conv_us_low + mem_us;
-        printf("  total: %.0f kernels per step, %.1f MiB/image, conv %.2f GFLOP/image\n", kernels, bytes / 1048576.0,
-               t.conv_flops / 1e9);
-        printf("  time per image-evaluation: conv %.1f us (%.1f at low efficiency) + memory %.1f us = %.1f us "
-               "(%.1f)\n\n",
-               conv_us, conv_us_low, mem_us, per_image_us[dsg], per_image_us_low[dsg]);
+        printf("  %-24s %8s %8.0f %12.2f %10.2f %10.2f\n", "Langevin step around it", "", step_kernels,
+               step_bytes / 1048576.0, mem_us(step_bytes), mem_us(step_bytes));
+        per_image_us[dsg] = us;
+        per_image_us_low[dsg] = us_low;
+        printf("  total: %.0f kernels per step, %.1f MiB/image, %.2f conv GFLOP/image: %.1f us per image-evaluation "
+               "(%.1f at low conv efficiency)\n\n",
+               kernels, bytes / 1048576.0, t.conv_flops / 1e9, us, us_low);
     }
     ncsn_model_set_bf16_inference(m, 0);
-    printf("50k FID batch: %.0f NFE per sample, %.4g image-evaluations; the 1-hour goal allows %.1f us each\n", nfe,
+    printf("50k FID batch: %.0f NFE per sample, %.4g image-evaluations; 1 hour allows %.1f us each\n", nfe,
            FID_SAMPLES * nfe, 3600.0 / (FID_SAMPLES * nfe) * 1e6);
     for (int dsg = 0; dsg < DESIGN_COUNT; dsg++) {
         const double h = FID_SAMPLES * nfe * per_image_us[dsg] * 1e-6 / 3600.0;
         const double h_low = FID_SAMPLES * nfe * per_image_us_low[dsg] * 1e-6 / 3600.0;
-        printf("  %-26s %6.1f us/eval  %.2f h  (%.2f h at low conv efficiency)   ratio to the goal %.2f\n",
-               design_names[dsg], per_image_us[dsg], h, h_low, h);
+        printf("  %-26s %6.1f us/eval  %.2f h (%s 1 h)  at low conv efficiency %.2f h\n", design_names[dsg],
+               per_image_us[dsg], h, h <= 1.0 ? "within" : "over", h_low);
     }
     ncsn_free(be, x);
     ncsn_free(be, score);
