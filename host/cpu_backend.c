@@ -1,5 +1,6 @@
 /* cpu_backend.c: the CPU backend (backend.h): host memory, every non-convolution op as an
- * OpenMP loop, and the ops table. Convolutions and gemm_nt live in cpu_conv.c (oneDNN).
+ * OpenMP loop (fp32 NCHW, and the bf16 NHWC inference ops at the end), and the ops table.
+ * Convolutions and gemm_nt live in cpu_conv.c (oneDNN).
  *
  * Element math comes from kernels/element_math.h and kernels/rng_math.h, the same inline
  * functions the CUDA kernels call, so the CPU tests exercise the GPU's arithmetic (the one
@@ -169,6 +170,15 @@ static size_t param_row(const int32_t *labels, int n, int param_stride) {
     return labels ? (size_t)labels[n] * (size_t)param_stride : 0;
 }
 
+/* Mean and rstd of P values from the sums of x - x0 and (x - x0)^2 (double). */
+static void in_stats_from_shifted_sums(double x0, double sum, double sq, size_t P, float *mean, float *rstd) {
+    const double shifted_mean = sum / (double)P;
+    double var = sq / (double)P - shifted_mean * shifted_mean;
+    if (var < 0.0) var = 0.0; /* rounding of a constant plane */
+    *mean = (float)(x0 + shifted_mean);
+    *rstd = (float)(1.0 / sqrt(var + IN_EPS));
+}
+
 /* Mean and rstd of one plane in one pass: double sums of x - x0 and (x - x0)^2, shifted
  * by the plane's first element so that the variance does not come from the difference of
  * two large numbers when the plane's mean is far from 0 (the cancellation left is
@@ -184,11 +194,7 @@ static void in_plane_stats(const float *xp, size_t P, float *mean, float *rstd) 
         sum += t;
         sq += t * t;
     }
-    const double shifted_mean = sum / (double)P;
-    double var = sq / (double)P - shifted_mean * shifted_mean;
-    if (var < 0.0) var = 0.0; /* rounding of a constant plane */
-    *mean = (float)(x0 + shifted_mean);
-    *rstd = (float)(1.0 / sqrt(var + IN_EPS));
+    in_stats_from_shifted_sums(x0, sum, sq, P, mean, rstd);
 }
 
 /* The channel-mean normalisation of one example, from the float means as stored (the
@@ -1092,6 +1098,368 @@ static void cpu_clip_by_norm(ncsn_backend *be, float *g, size_t n, const float *
     for (size_t i = 0; i < n; i++) g[i] *= coef;
 }
 
+/* ---- bf16 NHWC inference -----------------------------------------------------------------
+ * The forward ops above on bf16 activations in NHWC order (backend.h): each reads bf16,
+ * computes in fp32 with the formula and summation order of its fp32 NCHW sibling (so on
+ * the same values it gives the sibling's fp32 result, bit for bit, except where noted) and
+ * rounds once with ncsn_bf16_from_float. In NHWC the C channels of a pixel are adjacent, so
+ * the loops are parallel over pixel rows (n, y) and vectorise over the channels (64..256
+ * in the networks' hidden layers; the image-sized ends, C = 1 or 3, are a small share of a
+ * step). The convolution and the weight packing are in cpu_conv.c. */
+
+static inline float bf16_get(ncsn_bf16 h) { return ncsn_float_from_bf16(h); }
+static inline ncsn_bf16 bf16_put(float f) { return ncsn_bf16_from_float(f); }
+
+/* IN++ on [N, H, W, C]. The statistics are those of in_plane_stats: per channel, double
+ * sums of x - x0 and (x - x0)^2 with x0 the plane's first element (pixel (0, 0)), then
+ * in_stats_from_shifted_sums and in_channel_stats. Only the order of the double sums
+ * differs (here: along each row, then the rows in order; there: vector lanes over the
+ * plane), a difference of ~2^-53 relative that reaches the fp32 mean and rstd only when it
+ * straddles a float rounding boundary (then by 1 fp32 ulp). The per-row partial sums make
+ * the result independent of the thread count; with fewer examples than threads (sampling
+ * one image) the rows still split over all threads. */
+static void cpu_instance_norm_plus_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x,
+                                                const float *gamma, const float *alpha, const float *beta,
+                                                int param_stride, const int32_t *labels, float *stats, int N, int C,
+                                                int H, int W, int elu) {
+    const char *op = "instance_norm_plus_forward_bf16";
+    check_nchw(op, N, C, H, W);
+    if (labels) check_labels(op, labels, N);
+    NCSN_CHECKF(labels || param_stride == 0, "%s: stride %d without labels", op, param_stride);
+    NCSN_CHECKF(out && x && gamma && alpha && beta && stats, "%s: NULL pointer", op);
+    const size_t P = (size_t)H * W, NC = (size_t)N * C, rows = (size_t)N * H, row_len = (size_t)W * C;
+    float *mean = stats, *rstd = stats + NC, *mhat = stats + 2 * NC, *chan_rstd = stats + 3 * NC;
+    /* op_buf: per row, sum[C] | sq[C]; per example, the shifts x0[C] */
+    double *row_sums = op_scratch(be, (2 * rows + (size_t)N) * (size_t)C * sizeof(double));
+    double *shift = row_sums + 2 * rows * C;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) shift[(size_t)n * C + c] = bf16_get(x[(size_t)n * P * C + c]);
+#pragma omp parallel if (parallel : NC * P >= CPU_PARALLEL_MIN)
+    {
+#pragma omp for schedule(static)
+        for (size_t r = 0; r < rows; r++) {
+            const ncsn_bf16 *xr = x + r * row_len;
+            const double *x0 = shift + r / H * C;
+            double *sum = row_sums + 2 * r * C, *sq = sum + C;
+            for (int c = 0; c < C; c++) sum[c] = sq[c] = 0.0;
+            for (int w = 0; w < W; w++) {
+                const ncsn_bf16 *px = xr + (size_t)w * C;
+#pragma omp simd
+                for (int c = 0; c < C; c++) {
+                    const double t = (double)bf16_get(px[c]) - x0[c];
+                    sum[c] += t;
+                    sq[c] += t * t;
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            for (int c = 0; c < C; c++) {
+                double sum = 0.0, sq = 0.0;
+                for (int y = 0; y < H; y++) {
+                    const double *rs = row_sums + 2 * ((size_t)n * H + y) * C;
+                    sum += rs[c];
+                    sq += rs[C + c];
+                }
+                const size_t nc = (size_t)n * C + c;
+                in_stats_from_shifted_sums(shift[nc], sum, sq, P, &mean[nc], &rstd[nc]);
+            }
+            in_channel_stats(mean + (size_t)n * C, C, mhat + (size_t)n * C, &chan_rstd[n]);
+        }
+#pragma omp for schedule(static)
+        for (size_t r = 0; r < rows; r++) {
+            const int n = (int)(r / H);
+            const size_t row = param_row(labels, n, param_stride), base = (size_t)n * C;
+            const float *g = gamma + row, *al = alpha + row, *b = beta + row;
+            const float *mu = mean + base, *rs = rstd + base, *mh = mhat + base;
+            const ncsn_bf16 *xr = x + r * row_len;
+            ncsn_bf16 *orow = out + r * row_len;
+            for (int w = 0; w < W; w++) {
+                const ncsn_bf16 *px = xr + (size_t)w * C;
+                ncsn_bf16 *po = orow + (size_t)w * C;
+                /* Two loops, so each vectorises without a per-element branch on the flag. */
+                if (elu) {
+#pragma omp simd
+                    for (int c = 0; c < C; c++)
+                        po[c] = bf16_put(cpu_elu(ncsn_in_plus_element(bf16_get(px[c]), mu[c], rs[c], mh[c], g[c],
+                                                                      al[c], b[c])));
+                } else {
+#pragma omp simd
+                    for (int c = 0; c < C; c++)
+                        po[c] = bf16_put(
+                            ncsn_in_plus_element(bf16_get(px[c]), mu[c], rs[c], mh[c], g[c], al[c], b[c]));
+                }
+            }
+        }
+    }
+}
+
+static void cpu_elu_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, size_t n) {
+    NCSN_CHECKF(n == 0 || (out && x), "elu_forward_bf16: out %p, x %p", (void *)out, (const void *)x);
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_put(cpu_elu(bf16_get(x[i])));
+}
+
+static void cpu_add_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *a, const ncsn_bf16 *b, size_t n) {
+    NCSN_CHECKF(n == 0 || (out && a && b), "add_bf16: out %p, a %p, b %p", (void *)out, (const void *)a,
+                (const void *)b);
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_put(bf16_get(a[i]) + bf16_get(b[i]));
+}
+
+static void cpu_accumulate_bf16(ncsn_backend *be, ncsn_bf16 *y, const ncsn_bf16 *x, size_t n) {
+    NCSN_CHECKF(n == 0 || (y && x), "accumulate_bf16: y %p, x %p", (void *)y, (const void *)x);
+#pragma omp parallel for simd schedule(static) if (parallel : n >= CPU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) y[i] = bf16_put(bf16_get(y[i]) + bf16_get(x[i]));
+}
+
+/* mean_pool2_forward's order, ((x[0,0] + x[1,0]) + x[0,1]) + x[1,1], then / 4. */
+static void cpu_mean_pool2_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                        int W) {
+    check_nchw("mean_pool2_forward_bf16", N, C, H, W);
+    NCSN_CHECKF(H % 2 == 0 && W % 2 == 0, "mean_pool2_forward_bf16: H=%d W=%d must be even", H, W);
+    const int Ho = H / 2, Wo = W / 2;
+    const size_t rows = (size_t)N * Ho, in_row = (size_t)W * C;
+#pragma omp parallel for schedule(static) if (parallel : (size_t)N * C * H * W >= CPU_PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        const ncsn_bf16 *top = in + (r / Ho * H + 2 * (r % Ho)) * in_row, *bottom = top + in_row;
+        ncsn_bf16 *orow = out + r * (size_t)Wo * C;
+        for (int x = 0; x < Wo; x++) {
+            const ncsn_bf16 *t0 = top + (size_t)2 * x * C, *t1 = t0 + C, *b0 = bottom + (size_t)2 * x * C, *b1 = b0 + C;
+            ncsn_bf16 *po = orow + (size_t)x * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++)
+                po[c] = bf16_put((((bf16_get(t0[c]) + bf16_get(b0[c])) + bf16_get(t1[c])) + bf16_get(b1[c])) / 4.0f);
+        }
+    }
+}
+
+/* The 5x5 pools, separably as their fp32 siblings: a 5-tap pass along W into fp32 row
+ * results (rows of the whole batch, in op_buf), then a 5-tap pass along H over those. A
+ * tap outside the image reads a row of the pad value (0 for the count_include_pad sum,
+ * -inf for the max), as the fp32 ops' padded planes do, so the bodies have no border case
+ * and the sums are the fp32 ops' sums, term for term.
+ * The max is max_pool5_forward's, its reference path included: the first NaN of the window
+ * in row-major order if it holds one, else the maximum. Taken tap by tap, a NaN wins at
+ * once and is then kept; separably, each row's first NaN and then the topmost row's is the
+ * window's first NaN. That rule costs several times the plain strict `>` in the vector
+ * loops, so it runs only on rows that hold a NaN (or, in the H pass, draw from one). */
+typedef enum { POOL5_AVG = 0, POOL5_MAX = 1, POOL5_MAX_NAN = 2 } pool5_kind;
+
+static inline float max_step(float m, float v) { return v > m ? v : m; }
+static inline float max_step_nan(float m, float v) { return m != m ? m : (v > m || v != v ? v : m); }
+
+static int bf16_holds_nan(const ncsn_bf16 *x, size_t n) {
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (size_t i = 0; i < n; i++) any |= (x[i] & 0x7fffu) > 0x7f80u;
+    return any;
+}
+
+/* W pass, one pixel: o[c] = the taps t0..t4 (bf16, left to right) combined. */
+static inline void pool5_taps_w(float *o, const ncsn_bf16 *t0, const ncsn_bf16 *t1, const ncsn_bf16 *t2,
+                                const ncsn_bf16 *t3, const ncsn_bf16 *t4, int C, pool5_kind kind) {
+    if (kind == POOL5_AVG) {
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            o[c] = (((bf16_get(t0[c]) + bf16_get(t1[c])) + bf16_get(t2[c])) + bf16_get(t3[c])) + bf16_get(t4[c]);
+    } else if (kind == POOL5_MAX) {
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            o[c] = max_step(max_step(max_step(max_step(bf16_get(t0[c]), bf16_get(t1[c])), bf16_get(t2[c])),
+                                     bf16_get(t3[c])),
+                            bf16_get(t4[c]));
+    } else {
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            o[c] = max_step_nan(max_step_nan(max_step_nan(max_step_nan(bf16_get(t0[c]), bf16_get(t1[c])),
+                                                          bf16_get(t2[c])),
+                                             bf16_get(t3[c])),
+                                bf16_get(t4[c]));
+    }
+}
+
+/* H pass, one output row of n = W * C: the row results t0..t4 (top to bottom) combined,
+ * / 25 for the mean, rounded. */
+static inline void pool5_taps_h(ncsn_bf16 *o, const float *t0, const float *t1, const float *t2, const float *t3,
+                                const float *t4, size_t n, pool5_kind kind) {
+    if (kind == POOL5_AVG) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) o[i] = bf16_put(((((t0[i] + t1[i]) + t2[i]) + t3[i]) + t4[i]) / 25.0f);
+    } else if (kind == POOL5_MAX) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            o[i] = bf16_put(max_step(max_step(max_step(max_step(t0[i], t1[i]), t2[i]), t3[i]), t4[i]));
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            o[i] = bf16_put(max_step_nan(max_step_nan(max_step_nan(max_step_nan(t0[i], t1[i]), t2[i]), t3[i]), t4[i]));
+    }
+}
+
+/* The pad rows a pass reads where a tap is outside the image. */
+typedef struct {
+    const float *row;    /* W * C floats: the H pass */
+    const ncsn_bf16 *px; /* C bf16: the W pass */
+} pool5_pads;
+
+/* W pass of image row xr into rowres (W * C floats); returns whether the row holds a NaN
+ * (always 0 for the mean). */
+static int pool5_w_pass(float *rowres, const ncsn_bf16 *xr, int C, int W, const pool5_pads *pad, pool5_kind kind) {
+    const int nan = kind == POOL5_MAX && bf16_holds_nan(xr, (size_t)W * C);
+    for (int x = 0; x < W; x++) {
+        const ncsn_bf16 *t0 = x >= 2 ? xr + (size_t)(x - 2) * C : pad->px;
+        const ncsn_bf16 *t1 = x >= 1 ? xr + (size_t)(x - 1) * C : pad->px;
+        const ncsn_bf16 *t3 = x + 1 < W ? xr + (size_t)(x + 1) * C : pad->px;
+        const ncsn_bf16 *t4 = x + 2 < W ? xr + (size_t)(x + 2) * C : pad->px;
+        pool5_taps_w(rowres + (size_t)x * C, t0, t1, xr + (size_t)x * C, t3, t4, C, nan ? POOL5_MAX_NAN : kind);
+    }
+    return nan;
+}
+
+/* H pass of output row y of one image, from the image's H row results and NaN flags. */
+static void pool5_h_pass(ncsn_bf16 *orow, const float *rowres, const int *row_nan, int y, int H, size_t row_len,
+                         const pool5_pads *pad, pool5_kind kind) {
+    int nan = 0;
+    for (int k = y - 2; k <= y + 2; k++) nan |= k >= 0 && k < H && row_nan[k];
+    const float *t0 = y >= 2 ? rowres + (size_t)(y - 2) * row_len : pad->row;
+    const float *t1 = y >= 1 ? rowres + (size_t)(y - 1) * row_len : pad->row;
+    const float *t3 = y + 1 < H ? rowres + (size_t)(y + 1) * row_len : pad->row;
+    const float *t4 = y + 2 < H ? rowres + (size_t)(y + 2) * row_len : pad->row;
+    pool5_taps_h(orow, t0, t1, rowres + (size_t)y * row_len, t3, t4, row_len, nan ? POOL5_MAX_NAN : kind);
+}
+
+/* Work split as IN++'s: with at least as many examples as threads, each thread pools whole
+ * images through its own slice of op_buf (one image's row results, L2-sized), with no
+ * barrier; with fewer (sampling one image), the rows of the batch split over all threads
+ * in two work-shared passes through row results for the whole (small) batch. */
+static void pool5_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W,
+                               pool5_kind kind) {
+    const size_t rows = (size_t)N * H, row_len = (size_t)W * C, image = (size_t)H * row_len;
+    const int per_image = N >= omp_get_max_threads();
+    /* op_buf: the pad row (W * C floats) | the pad pixel (C bf16, in C floats) | then either
+     * per-thread slices of one image (row results | row NaN flags), or the whole batch's
+     * row results | row NaN flags */
+    const size_t head = (row_len + (size_t)C) * sizeof(float);
+    const size_t results = (per_image ? (size_t)H : rows) * (row_len + 1); /* floats, + one int per row */
+    thread_slices slices;
+    float *pad_row = per_image ? op_scratch_with_slices(be, head, results, &slices)
+                               : op_scratch(be, head + results * sizeof(float));
+    const pool5_pads pad = {.row = pad_row, .px = (const ncsn_bf16 *)(pad_row + row_len)};
+    const float pad_value = kind == POOL5_MAX ? -INFINITY : 0.0f;
+    for (size_t i = 0; i < row_len; i++) pad_row[i] = pad_value;
+    for (int c = 0; c < C; c++) ((ncsn_bf16 *)pad.px)[c] = bf16_put(pad_value);
+    const int parallel = rows * row_len >= CPU_PARALLEL_MIN;
+    if (per_image) {
+#pragma omp parallel if (parallel : parallel)
+        {
+            float *rowres = my_slice(&slices);
+            int *row_nan = (int *)(rowres + (size_t)H * row_len);
+#pragma omp for schedule(static)
+            for (int n = 0; n < N; n++) {
+                const ncsn_bf16 *xi = in + (size_t)n * image;
+                for (int y = 0; y < H; y++)
+                    row_nan[y] = pool5_w_pass(rowres + (size_t)y * row_len, xi + (size_t)y * row_len, C, W, &pad, kind);
+                for (int y = 0; y < H; y++)
+                    pool5_h_pass(out + (size_t)n * image + (size_t)y * row_len, rowres, row_nan, y, H, row_len, &pad,
+                                 kind);
+            }
+        }
+        return;
+    }
+    float *rowres = pad_row + row_len + C;
+    int *row_nan = (int *)(rowres + rows * row_len);
+#pragma omp parallel if (parallel : parallel)
+    {
+#pragma omp for schedule(static)
+        for (size_t r = 0; r < rows; r++)
+            row_nan[r] = pool5_w_pass(rowres + r * row_len, in + r * row_len, C, W, &pad, kind);
+#pragma omp for schedule(static)
+        for (size_t r = 0; r < rows; r++) {
+            const size_t n = r / H;
+            pool5_h_pass(out + r * row_len, rowres + n * image, row_nan + n * H, (int)(r % H), H, row_len, &pad, kind);
+        }
+    }
+}
+
+static void cpu_avg_pool5_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                       int W) {
+    check_nchw("avg_pool5_forward_bf16", N, C, H, W);
+    pool5_forward_bf16(be, out, in, N, C, H, W, POOL5_AVG);
+}
+
+static void cpu_max_pool5_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                       int W) {
+    check_nchw("max_pool5_forward_bf16", N, C, H, W);
+    pool5_forward_bf16(be, out, in, N, C, H, W, POOL5_MAX);
+}
+
+/* resize_bilinear_forward's taps and expression, per pixel over its channels. */
+static void cpu_resize_bilinear_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C,
+                                             int H, int W, int Ho, int Wo) {
+    bilinear_tap *ty = bilinear_plan(be, "resize_bilinear_forward_bf16", N, C, H, W, Ho, Wo), *tx = ty + Ho;
+    const size_t rows = (size_t)N * Ho, in_row = (size_t)W * C;
+#pragma omp parallel for schedule(static) if (parallel : rows * Wo * C >= CPU_PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        const size_t image = r / Ho * H;
+        const bilinear_tap vy = ty[r % Ho];
+        const ncsn_bf16 *r0 = in + (image + vy.i0) * in_row, *r1 = in + (image + vy.i1) * in_row;
+        ncsn_bf16 *orow = out + r * (size_t)Wo * C;
+        for (int x = 0; x < Wo; x++) {
+            const bilinear_tap vx = tx[x];
+            const ncsn_bf16 *a0 = r0 + (size_t)vx.i0 * C, *a1 = r0 + (size_t)vx.i1 * C;
+            const ncsn_bf16 *b0 = r1 + (size_t)vx.i0 * C, *b1 = r1 + (size_t)vx.i1 * C;
+            ncsn_bf16 *po = orow + (size_t)x * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++)
+                po[c] = bf16_put(vy.l0 * (vx.l0 * bf16_get(a0[c]) + vx.l1 * bf16_get(a1[c])) +
+                                 vy.l1 * (vx.l0 * bf16_get(b0[c]) + vx.l1 * bf16_get(b1[c])));
+        }
+    }
+}
+
+/* The network input: scale_shift's x * scale + shift, NCHW -> NHWC. C is the image's 1 or
+ * 3 channels here, so the loops run along W (contiguous reads) with writes C apart. */
+static void cpu_bf16_from_nchw(ncsn_backend *be, ncsn_bf16 *out, const float *x, float scale, float shift, int N,
+                               int C, int H, int W) {
+    check_nchw("bf16_from_nchw", N, C, H, W);
+    NCSN_CHECKF(out && x, "bf16_from_nchw: out %p, x %p", (void *)out, (const void *)x);
+    const size_t rows = (size_t)N * H;
+#pragma omp parallel for schedule(static) if (parallel : rows * W * C >= CPU_PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        const size_t n = r / H, y = r % H;
+        ncsn_bf16 *orow = out + r * (size_t)W * C;
+        for (int c = 0; c < C; c++) {
+            const float *xr = x + ((n * C + c) * H + y) * W;
+            for (int w = 0; w < W; w++) orow[(size_t)w * C + c] = bf16_put(xr[w] * scale + shift);
+        }
+    }
+}
+
+/* The network output: NHWC -> NCHW fp32, divided by sigma as divide_by_sigma does, or an
+ * exact copy. */
+static void cpu_nchw_from_bf16(ncsn_backend *be, float *out, const ncsn_bf16 *x, const float *sigmas,
+                               const int32_t *labels, int N, int C, int H, int W) {
+    check_nchw("nchw_from_bf16", N, C, H, W);
+    NCSN_CHECKF(out && x, "nchw_from_bf16: out %p, x %p", (void *)out, (const void *)x);
+    if (sigmas) check_labels("nchw_from_bf16", labels, N);
+    const size_t rows = (size_t)N * H;
+#pragma omp parallel for schedule(static) if (parallel : rows * W * C >= CPU_PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        const size_t n = r / H, y = r % H;
+        const ncsn_bf16 *xr = x + r * (size_t)W * C;
+        for (int c = 0; c < C; c++) {
+            float *orow = out + ((n * C + c) * H + y) * W;
+            if (sigmas) {
+                const float sigma = sigmas[labels[n]];
+                for (int w = 0; w < W; w++) orow[w] = bf16_get(xr[(size_t)w * C + c]) / sigma;
+            } else {
+                for (int w = 0; w < W; w++) orow[w] = bf16_get(xr[(size_t)w * C + c]);
+            }
+        }
+    }
+}
+
 /* ---- the table and lifetime ---------------------------------------------------------- */
 
 static const ncsn_backend_ops cpu_ops = {
@@ -1153,6 +1521,20 @@ static const ncsn_backend_ops cpu_ops = {
     .clip_by_norm = cpu_clip_by_norm,
     .row_sum_squares = cpu_row_sum_squares,
     .pc_step_size = cpu_pc_step_size,
+    .conv2d_packed_weights_bytes = cpu_conv2d_packed_weights_bytes,
+    .conv2d_pack_weights_bf16 = cpu_conv2d_pack_weights_bf16,
+    .conv2d_forward_bf16 = cpu_conv2d_forward_bf16,
+    .conv2d_forward_bf16_fused = cpu_conv2d_forward_bf16_fused,
+    .instance_norm_plus_forward_bf16 = cpu_instance_norm_plus_forward_bf16,
+    .elu_forward_bf16 = cpu_elu_forward_bf16,
+    .add_bf16 = cpu_add_bf16,
+    .accumulate_bf16 = cpu_accumulate_bf16,
+    .mean_pool2_forward_bf16 = cpu_mean_pool2_forward_bf16,
+    .avg_pool5_forward_bf16 = cpu_avg_pool5_forward_bf16,
+    .max_pool5_forward_bf16 = cpu_max_pool5_forward_bf16,
+    .resize_bilinear_forward_bf16 = cpu_resize_bilinear_forward_bf16,
+    .bf16_from_nchw = cpu_bf16_from_nchw,
+    .nchw_from_bf16 = cpu_nchw_from_bf16,
 };
 
 ncsn_backend *ncsn_cpu_backend_create(char *err, size_t errlen) {
@@ -1179,6 +1561,7 @@ void ncsn_cpu_backend_destroy(ncsn_backend *be) {
         cpu_scratch_release(&impl->dst_buf);
         cpu_scratch_release(&impl->bias_buf);
         cpu_scratch_release(&impl->op_buf);
+        cpu_scratch_release(&impl->epilogue_buf);
         free(impl);
     }
     free(be);

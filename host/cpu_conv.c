@@ -37,6 +37,22 @@
  *   descriptor is unimplemented, or only its reference `ref:any` code would run, which is
  *   orders of magnitude slower than jit fp32) that direction runs in FP32 instead, and a
  *   one-line note says so once per direction.
+ *
+ * bf16 NHWC inference (conv2d_forward_bf16, backend.h): a second kind of cache entry, whose
+ * user tensors are the sampler's bf16 NHWC activations and the packed weights instead of
+ * fp32 NCHW / OIHW. Its forward primitive reads and writes bf16 NHWC itself (src and dst
+ * forced to dnnl_nhwc: brgconv on avx512_core_bf16), adds the f32 bias and rounds once, so
+ * a call runs the primitive alone, with no reorder of activations or weights. It is bf16
+ * whatever be->precision says (the precision switch is the training ops').
+ * The packed weights are in the weights layout (format_tag_any) that the forward primitive
+ * of the same shape picks at the canonical batch PACK_N: the layout depends on C, K, ksize,
+ * dilation and H x W, but not on N, so one packed copy serves every batch size. A primitive
+ * for another N that wants a different layout gets the weights by a cached reorder from the
+ * packed layout at every call (correct, slower; said once on stderr). Where oneDNN has no
+ * jit bf16 primitive (only `ref:any`, or unimplemented), the entry runs the fp32 primitive
+ * with cached reorders bf16 NHWC -> f32 in and f32 -> bf16 NHWC out (the packed weights are
+ * then plain bf16 OIHW, exact in f32): the same sums of exact bf16 products in f32, slower,
+ * also said once.
  */
 #include <stdio.h>
 #include <string.h>
@@ -80,9 +96,24 @@ typedef struct {
     conv_arg args[ARG_COUNT];
 } conv_primitive;
 
+/* The user tensors of an entry: the training ops' fp32 NCHW activations and OIHW weights,
+ * or the inference ops' bf16 NHWC activations and packed bf16 weights (forward only). */
+typedef enum { CONV_IO_F32_NCHW = 0, CONV_IO_BF16_NHWC = 1 } conv_io;
+
+/* The batch size whose forward primitive defines the packed weights layout. */
+#define PACK_N 1
+
+/* The epilogue of a bf16 NHWC forward, as oneDNN post-ops: EPILOGUE_SUM adds what dst holds
+ * (dst += conv: the residual, copied there first when it lives elsewhere), EPILOGUE_ELU
+ * applies the ELU after. Training entries have none. */
+enum { EPILOGUE_SUM = 1, EPILOGUE_ELU = 2 };
+
 struct cpu_conv_entry {
     ncsn_conv_desc desc;
     ncsn_precision precision; /* FP32 or BF16: TF32 is mapped to FP32 before the lookup */
+    conv_io io;
+    int epilogue; /* EPILOGUE_* bits (bf16 NHWC entries) */
+    int epilogue_in_loop; /* the fp32 fallback: the epilogue runs as a loop after the primitive */
     conv_primitive dir[CPU_CONV_DIRECTIONS];
 };
 
@@ -139,9 +170,13 @@ static void conv_arg_init(cpu_backend_impl *impl, conv_arg *a, const dnnl_memory
     a->user_md = *user_md;
     a->prim_md = *prim_md;
     a->reorder = !dnnl_memory_desc_equal(user_md, prim_md);
-    /* Outputs are always f32 (BF16 rounds inputs only), so an output reorder is a pure
-     * layout change and the sum post-op adds in f32. */
-    NCSN_CHECKF(!is_output || prim_md->data_type == dnnl_f32, "oneDNN: convolution output is not f32");
+    /* An output is written in place, or reordered from f32: training outputs are always f32
+     * (BF16 rounds inputs only), so their reorders are pure layout changes and the sum
+     * post-op adds in f32; the bf16 NHWC fallback's f32 -> bf16 NHWC is the one output
+     * reorder that changes the type (round to nearest even, once). */
+    NCSN_CHECKF(!is_output || (!a->reorder && !sum) ||
+                    (prim_md->data_type == dnnl_f32 && (!sum || user_md->data_type == dnnl_f32)),
+                "oneDNN: convolution output reordered from a non-f32 type");
     DNNL_CHECK(dnnl_memory_create(&a->user_mem, &a->user_md, impl->engine, DNNL_MEMORY_NONE));
     DNNL_CHECK(dnnl_memory_create(&a->prim_mem, &a->prim_md, impl->engine, DNNL_MEMORY_NONE));
     if (!is_output) {
@@ -167,7 +202,7 @@ static void exec_reorder(cpu_backend_impl *impl, dnnl_primitive_t reorder, dnnl_
 }
 
 /* Input: points the primitive's memory at the user's tensor, or reorders it into `buf`. */
-static void stage_input(cpu_backend_impl *impl, conv_arg *a, const float *user, cpu_scratch *buf) {
+static void stage_input(cpu_backend_impl *impl, conv_arg *a, const void *user, cpu_scratch *buf) {
     if (!a->reorder) {
         DNNL_CHECK(dnnl_memory_set_data_handle(a->prim_mem, (void *)user));
         return;
@@ -180,7 +215,7 @@ static void stage_input(cpu_backend_impl *impl, conv_arg *a, const float *user, 
 
 /* Output, before the primitive runs: write straight into the user's tensor when that
  * is possible (same layout, overwrite), else into `buf`. */
-static void prepare_output(conv_arg *a, float *user, cpu_scratch *buf, int accumulate) {
+static void prepare_output(conv_arg *a, void *user, cpu_scratch *buf, int accumulate) {
     if (!a->reorder && !accumulate) {
         DNNL_CHECK(dnnl_memory_set_data_handle(a->prim_mem, user));
         return;
@@ -190,7 +225,7 @@ static void prepare_output(conv_arg *a, float *user, cpu_scratch *buf, int accum
 }
 
 /* Output, after the primitive ran: bring the result into the user's tensor. */
-static void finish_output(cpu_backend_impl *impl, conv_arg *a, float *user, int accumulate) {
+static void finish_output(cpu_backend_impl *impl, conv_arg *a, void *user, int accumulate) {
     if (!a->reorder && !accumulate) return;
     DNNL_CHECK(dnnl_memory_set_data_handle(a->user_mem, user));
     exec_reorder(impl, accumulate ? a->from_prim_sum : a->from_prim, a->prim_mem, a->user_mem);
@@ -259,11 +294,19 @@ static void conv_shapes_init(const cpu_backend_impl *impl, const ncsn_conv_desc 
  * largest primitive's need, instead of one allocation per primitive). FP32 must succeed.
  * BF16 may not: then it returns NULL with the reason in `why`. */
 static dnnl_primitive_desc_t create_pd(cpu_backend_impl *impl, const dnnl_convolution_desc_t *cd,
-                                       const_dnnl_primitive_desc_t hint, ncsn_precision precision, char *why,
-                                       size_t whylen) {
+                                       const_dnnl_primitive_desc_t hint, ncsn_precision precision, int epilogue,
+                                       char *why, size_t whylen) {
     dnnl_primitive_attr_t attr;
     DNNL_CHECK(dnnl_primitive_attr_create(&attr));
     DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    if (epilogue) {
+        dnnl_post_ops_t post_ops;
+        DNNL_CHECK(dnnl_post_ops_create(&post_ops));
+        if (epilogue & EPILOGUE_SUM) DNNL_CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f));
+        if (epilogue & EPILOGUE_ELU) DNNL_CHECK(dnnl_post_ops_append_eltwise(post_ops, 1.0f, dnnl_eltwise_elu, 1.0f, 0.0f));
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops));
+        DNNL_CHECK(dnnl_post_ops_destroy(post_ops));
+    }
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t status = dnnl_primitive_desc_create(&pd, cd, attr, impl->engine, hint);
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
@@ -314,7 +357,7 @@ static conv_primitive *begin_primitive(cpu_backend_impl *impl, cpu_conv_entry *e
     conv_primitive *p = &e->dir[dir];
     const_dnnl_primitive_desc_t hint = dir == CPU_CONV_FORWARD ? NULL : e->dir[CPU_CONV_FORWARD].pd;
     char why[160];
-    p->pd = create_pd(impl, cd, hint, e->precision, why, sizeof why);
+    p->pd = create_pd(impl, cd, hint, e->precision, 0, why, sizeof why);
     if (p->pd) return p;
     fall_back_to_fp32(impl, e, dir, why);
     return NULL;
@@ -374,28 +417,44 @@ static void build_backward_weights(cpu_backend_impl *impl, cpu_conv_entry *e) {
     primitive_finish(impl, p);
 }
 
+static cpu_conv_entry *conv_find(cpu_backend_impl *impl, const ncsn_conv_desc *d, ncsn_precision precision,
+                                 conv_io io, int epilogue) {
+    for (int i = 0; i < impl->conv_cache_count; i++) {
+        cpu_conv_entry *e = &impl->conv_cache[i];
+        if (e->precision == precision && e->io == io && e->epilogue == epilogue && conv_desc_equal(&e->desc, d))
+            return e;
+    }
+    return NULL;
+}
+
+/* A new, empty entry with its key set (the caller builds its primitives). */
+static cpu_conv_entry *conv_new_entry(cpu_backend_impl *impl, const ncsn_conv_desc *d, ncsn_precision precision,
+                                      conv_io io, int epilogue) {
+    if (impl->conv_cache_count == impl->conv_cache_capacity) {
+        /* No pointer to an entry outlives one op call, so the entries may move; the
+         * oneDNN handles inside them are pointers and move with them. */
+        int cap = impl->conv_cache_capacity ? 2 * impl->conv_cache_capacity : 16;
+        cpu_conv_entry *grown = ncsn_xcalloc((size_t)cap, sizeof *grown);
+        if (impl->conv_cache_count) memcpy(grown, impl->conv_cache, (size_t)impl->conv_cache_count * sizeof *grown);
+        free(impl->conv_cache);
+        impl->conv_cache = grown;
+        impl->conv_cache_capacity = cap;
+    }
+    cpu_conv_entry *e = &impl->conv_cache[impl->conv_cache_count++];
+    memset(e, 0, sizeof *e);
+    e->desc = *d;
+    e->desc.has_bias = !!d->has_bias;
+    e->precision = precision;
+    e->io = io;
+    e->epilogue = epilogue;
+    return e;
+}
+
 static cpu_conv_entry *conv_lookup(cpu_backend_impl *impl, const ncsn_conv_desc *d, ncsn_precision precision,
                                    cpu_conv_direction direction) {
-    cpu_conv_entry *e = NULL;
-    for (int i = 0; i < impl->conv_cache_count; i++)
-        if (impl->conv_cache[i].precision == precision && conv_desc_equal(&impl->conv_cache[i].desc, d))
-            e = &impl->conv_cache[i];
+    cpu_conv_entry *e = conv_find(impl, d, precision, CONV_IO_F32_NCHW, 0);
     if (!e) {
-        if (impl->conv_cache_count == impl->conv_cache_capacity) {
-            /* No pointer to an entry outlives one op call, so the entries may move; the
-             * oneDNN handles inside them are pointers and move with them. */
-            int cap = impl->conv_cache_capacity ? 2 * impl->conv_cache_capacity : 16;
-            cpu_conv_entry *grown = ncsn_xcalloc((size_t)cap, sizeof *grown);
-            if (impl->conv_cache_count) memcpy(grown, impl->conv_cache, (size_t)impl->conv_cache_count * sizeof *grown);
-            free(impl->conv_cache);
-            impl->conv_cache = grown;
-            impl->conv_cache_capacity = cap;
-        }
-        e = &impl->conv_cache[impl->conv_cache_count++];
-        memset(e, 0, sizeof *e);
-        e->desc = *d;
-        e->desc.has_bias = !!d->has_bias;
-        e->precision = precision;
+        e = conv_new_entry(impl, d, precision, CONV_IO_F32_NCHW, 0);
         build_forward(impl, e); /* also the hint for both backward directions */
     }
     if (!e->dir[direction].ready) {
@@ -407,6 +466,85 @@ static cpu_conv_entry *conv_lookup(cpu_backend_impl *impl, const ncsn_conv_desc 
             if (direction == CPU_CONV_BACKWARD_DATA) build_backward_data(impl, e);
             if (direction == CPU_CONV_BACKWARD_WEIGHTS) build_backward_weights(impl, e);
         }
+    }
+    return e;
+}
+
+/* ---- bf16 NHWC inference entries ------------------------------------------------------ */
+
+/* The forward of a bf16 NHWC entry. `packed_md` is the packed weights layout (that of the
+ * PACK_N entry of the shape), or NULL when building that entry, whose primitive defines it. */
+static void build_forward_bf16_nhwc(cpu_backend_impl *impl, cpu_conv_entry *e, const dnnl_memory_desc_t *packed_md) {
+    const ncsn_conv_desc *d = &e->desc;
+    conv_shapes s; /* for the dims, strides, dilations and padding */
+    conv_shapes_init(impl, d, NCSN_PRECISION_BF16, &s);
+    const dnnl_memory_desc_t user_src = make_md(4, s.src, dnnl_bf16, dnnl_nhwc);
+    const dnnl_memory_desc_t user_dst = make_md(4, s.dst, dnnl_bf16, dnnl_nhwc);
+    const dnnl_memory_desc_t wei_any = make_md(4, s.wei, dnnl_bf16, dnnl_format_tag_any);
+    dnnl_convolution_desc_t cd;
+    DNNL_CHECK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                                          &user_src, &wei_any, d->has_bias ? &s.bias_any : NULL,
+                                                          &user_dst, s.strides, s.dilates, s.pad, s.pad));
+    conv_primitive *p = &e->dir[CPU_CONV_FORWARD];
+    char why[160];
+    if (impl->bf16_nhwc_force_fp32) snprintf(why, sizeof why, "fp32 forced for a test");
+    else p->pd = create_pd(impl, &cd, NULL, NCSN_PRECISION_BF16, e->epilogue, why, sizeof why);
+    if (!p->pd) {
+        /* No jit bf16 primitive: the fp32 one, in the layouts it prefers, behind reorders
+         * from and to bf16 NHWC. */
+        const dnnl_memory_desc_t src_any = make_md(4, s.src, dnnl_f32, dnnl_format_tag_any);
+        const dnnl_memory_desc_t wei_f32 = make_md(4, s.wei, dnnl_f32, dnnl_format_tag_any);
+        const dnnl_memory_desc_t dst_any = make_md(4, s.dst, dnnl_f32, dnnl_format_tag_any);
+        DNNL_CHECK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                                              &src_any, &wei_f32, d->has_bias ? &s.bias_any : NULL,
+                                                              &dst_any, s.strides, s.dilates, s.pad, s.pad));
+        p->pd = create_pd(impl, &cd, NULL, NCSN_PRECISION_FP32, 0, why, sizeof why);
+        e->epilogue_in_loop = e->epilogue != 0; /* its dst is staged: post-ops would not see ours */
+        if (!impl->bf16_nhwc_fallback_reported) {
+            impl->bf16_nhwc_fallback_reported = 1;
+            fprintf(stderr,
+                    "ncsn: cpu: no bf16 NHWC convolution kernel for N=%d C=%d %dx%d K=%d k%d d%d (%s); such "
+                    "conv2d_forward_bf16 calls run the fp32 convolution on converted data (same result, slower)\n",
+                    d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation, why);
+        }
+    }
+    const dnnl_memory_desc_t *prim_wei = query_md(p->pd, dnnl_query_weights_md);
+    dnnl_memory_desc_t user_wei;
+    if (packed_md) user_wei = *packed_md;
+    else if (prim_wei->data_type == dnnl_bf16) user_wei = *prim_wei;
+    else user_wei = make_md(4, s.wei, dnnl_bf16, dnnl_oihw); /* the fallback's packed layout */
+    conv_arg_init(impl, &p->args[ARG_SRC], &user_src, query_md(p->pd, dnnl_query_src_md), 0, 0);
+    conv_arg_init(impl, &p->args[ARG_WEIGHTS], &user_wei, prim_wei, 0, 0);
+    conv_arg_init(impl, &p->args[ARG_DST], &user_dst, query_md(p->pd, dnnl_query_dst_md), 1, 0);
+    if (d->has_bias)
+        conv_arg_init(impl, &p->args[ARG_BIAS], &s.user_bias, query_bias_md(p->pd, dnnl_query_weights_md), 0, 0);
+    primitive_finish(impl, p);
+}
+
+/* The bf16 NHWC entry of `d`, built on first use. Its PACK_N sibling, which defines the
+ * packed weights layout, is built first (before the new slot: building may move the cache). */
+static cpu_conv_entry *conv_lookup_bf16_nhwc(cpu_backend_impl *impl, const ncsn_conv_desc *d, int epilogue) {
+    cpu_conv_entry *e = conv_find(impl, d, NCSN_PRECISION_BF16, CONV_IO_BF16_NHWC, epilogue);
+    if (e) return e;
+    if (d->N == PACK_N && !epilogue) {
+        e = conv_new_entry(impl, d, NCSN_PRECISION_BF16, CONV_IO_BF16_NHWC, 0);
+        build_forward_bf16_nhwc(impl, e, NULL);
+        return e;
+    }
+    /* The packed layout is the one of the plain (no post-op) PACK_N entry. */
+    ncsn_conv_desc canonical = *d;
+    canonical.N = PACK_N;
+    const dnnl_memory_desc_t packed_md =
+        conv_lookup_bf16_nhwc(impl, &canonical, 0)->dir[CPU_CONV_FORWARD].args[ARG_WEIGHTS].user_md;
+    e = conv_new_entry(impl, d, NCSN_PRECISION_BF16, CONV_IO_BF16_NHWC, epilogue);
+    build_forward_bf16_nhwc(impl, e, &packed_md);
+    const conv_arg *w = &e->dir[CPU_CONV_FORWARD].args[ARG_WEIGHTS];
+    if (w->reorder && !impl->bf16_nhwc_weights_reorder_reported) {
+        impl->bf16_nhwc_weights_reorder_reported = 1;
+        fprintf(stderr,
+                "ncsn: cpu: the bf16 NHWC convolution N=%d C=%d %dx%d K=%d k%d d%d wants another weights layout "
+                "than the packed one (N=%d); such calls reorder the weights every time (slower)\n",
+                d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation, PACK_N);
     }
     return e;
 }
@@ -431,12 +569,10 @@ static void run_primitive(cpu_backend_impl *impl, conv_primitive *p, dnnl_exec_a
 
 /* ---- the three ops ------------------------------------------------------------------- */
 
-void cpu_conv2d_forward(ncsn_backend *be, float *out, const float *in, const float *w, const float *b,
-                        const ncsn_conv_desc *d) {
-    conv_desc_check(d, "conv2d_forward");
-    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward: has_bias but b is NULL");
-    cpu_backend_impl *impl = be->impl;
-    conv_primitive *p = conv_get(be, d, CPU_CONV_FORWARD);
+/* The forward of any entry: its src, weights and bias staged (pointed at, or reordered into
+ * scratch where the primitive wants another layout or type), run, dst brought back. */
+static void run_forward(cpu_backend_impl *impl, conv_primitive *p, void *out, const void *in, const void *w,
+                        const float *b) {
     stage_input(impl, &p->args[ARG_SRC], in, &impl->src_buf);
     stage_input(impl, &p->args[ARG_WEIGHTS], w, &impl->weights_buf);
     prepare_output(&p->args[ARG_DST], out, &impl->dst_buf, 0);
@@ -444,7 +580,7 @@ void cpu_conv2d_forward(ncsn_backend *be, float *out, const float *in, const flo
                                {DNNL_ARG_WEIGHTS, p->args[ARG_WEIGHTS].prim_mem},
                                {DNNL_ARG_DST, p->args[ARG_DST].prim_mem}};
     int nargs = 3;
-    if (d->has_bias) {
+    if (b) {
         stage_input(impl, &p->args[ARG_BIAS], b, &impl->bias_buf);
         args[nargs].arg = DNNL_ARG_BIAS;
         args[nargs].memory = p->args[ARG_BIAS].prim_mem;
@@ -453,6 +589,13 @@ void cpu_conv2d_forward(ncsn_backend *be, float *out, const float *in, const flo
     run_primitive(impl, p, args, nargs);
     finish_output(impl, &p->args[ARG_DST], out, 0);
     DNNL_CHECK(dnnl_stream_wait(impl->stream));
+}
+
+void cpu_conv2d_forward(ncsn_backend *be, float *out, const float *in, const float *w, const float *b,
+                        const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_forward");
+    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward: has_bias but b is NULL");
+    run_forward(be->impl, conv_get(be, d, CPU_CONV_FORWARD), out, in, w, d->has_bias ? b : NULL);
 }
 
 void cpu_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, const float *w,
@@ -497,6 +640,90 @@ void cpu_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *
     DNNL_CHECK(dnnl_stream_wait(impl->stream));
     if (d->has_bias)
         for (int k = 0; k < d->K; k++) db[k] += bias_grad[k];
+}
+
+/* ---- bf16 NHWC inference ops ---------------------------------------------------------- */
+
+/* The packed weights layout of `d` (its PACK_N entry's). Valid until the next lookup. */
+static const dnnl_memory_desc_t *packed_weights_md(cpu_backend_impl *impl, const ncsn_conv_desc *d) {
+    ncsn_conv_desc canonical = *d;
+    canonical.N = PACK_N;
+    return &conv_lookup_bf16_nhwc(impl, &canonical, 0)->dir[CPU_CONV_FORWARD].args[ARG_WEIGHTS].user_md;
+}
+
+static size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+size_t cpu_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_packed_weights_bytes");
+    return round_up_256(dnnl_memory_desc_get_size(packed_weights_md(be->impl, d)));
+}
+
+/* A one-off reorder (packing happens once per parameter change, not per step); oneDNN's
+ * f32 -> bf16 rounds to nearest even, and zero-fills the padding of blocked layouts. */
+void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_pack_weights_bf16");
+    NCSN_CHECKF(packed && w, "conv2d_pack_weights_bf16: packed %p, w %p", packed, (const void *)w);
+    NCSN_CHECKF((uintptr_t)packed % 256 == 0, "conv2d_pack_weights_bf16: packed %p is not 256-byte aligned", packed);
+    cpu_backend_impl *impl = be->impl;
+    const dnnl_memory_desc_t to_md = *packed_weights_md(impl, d);
+    conv_shapes s;
+    conv_shapes_init(impl, d, NCSN_PRECISION_BF16, &s);
+    dnnl_primitive_t reorder = make_reorder(impl, &s.user_wei, &to_md, 0);
+    dnnl_memory_t from, to;
+    DNNL_CHECK(dnnl_memory_create(&from, &s.user_wei, impl->engine, (void *)w));
+    DNNL_CHECK(dnnl_memory_create(&to, &to_md, impl->engine, packed));
+    exec_reorder(impl, reorder, from, to);
+    DNNL_CHECK(dnnl_stream_wait(impl->stream));
+    DNNL_CHECK(dnnl_memory_destroy(from));
+    DNNL_CHECK(dnnl_memory_destroy(to));
+    DNNL_CHECK(dnnl_primitive_destroy(reorder));
+}
+
+void cpu_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                             const float *b, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_forward_bf16");
+    NCSN_CHECKF(out && in && packed_w, "conv2d_forward_bf16: out %p, in %p, packed_w %p", (void *)out,
+                (const void *)in, packed_w);
+    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward_bf16: has_bias but b is NULL");
+    /* On the jit path nothing is staged: src, packed weights and dst are the primitive's own. */
+    cpu_backend_impl *impl = be->impl;
+    run_forward(impl, &conv_lookup_bf16_nhwc(impl, d, 0)->dir[CPU_CONV_FORWARD], out, in, packed_w,
+                d->has_bias ? b : NULL);
+}
+
+/* The epilogue as oneDNN post-ops: sum (dst += conv; a residual held elsewhere is copied
+ * into out first, a memcpy next to the convolution) and eltwise ELU, in fp32 before dst's one
+ * rounding to bf16. Where the shape fell back to the fp32 primitive (its dst is staged, so
+ * post-ops would not see ours), the plain result goes to scratch and a loop applies the
+ * epilogue: bf16(ELU(conv + residual)), with the conv rounded once more on the way. */
+void cpu_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                   const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_forward_bf16_fused");
+    NCSN_CHECKF(out && in && packed_w, "conv2d_forward_bf16_fused: out %p, in %p, packed_w %p", (void *)out,
+                (const void *)in, packed_w);
+    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward_bf16_fused: has_bias but b is NULL");
+    NCSN_CHECKF(residual != in, "conv2d_forward_bf16_fused: the residual must not alias the input");
+    cpu_backend_impl *impl = be->impl;
+    const int epilogue = (residual ? EPILOGUE_SUM : 0) | (elu ? EPILOGUE_ELU : 0);
+    cpu_conv_entry *e = conv_lookup_bf16_nhwc(impl, d, epilogue);
+    const size_t n = (size_t)d->N * d->K * d->H * d->W;
+    if (!e->epilogue_in_loop) {
+        if (residual && residual != out) memcpy(out, residual, n * sizeof *out);
+        run_forward(impl, &e->dir[CPU_CONV_FORWARD], out, in, packed_w, d->has_bias ? b : NULL);
+        return;
+    }
+    ncsn_bf16 *conv = cpu_scratch_reserve(&impl->epilogue_buf, n * sizeof *conv);
+    run_forward(impl, &e->dir[CPU_CONV_FORWARD], conv, in, packed_w, d->has_bias ? b : NULL);
+#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 15))
+    for (size_t i = 0; i < n; i++) {
+        float v = ncsn_float_from_bf16(conv[i]) + (residual ? ncsn_float_from_bf16(residual[i]) : 0.0f);
+        out[i] = ncsn_bf16_from_float(elu ? ncsn_elu(v) : v);
+    }
+}
+
+const char *cpu_conv_bf16_nhwc_impl_name(ncsn_backend *be, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "cpu_conv_bf16_nhwc_impl_name");
+    return impl_info(conv_lookup_bf16_nhwc(be->impl, d, 0)->dir[CPU_CONV_FORWARD].pd);
 }
 
 ncsn_precision cpu_conv_effective_precision(ncsn_backend *be, const ncsn_conv_desc *d, cpu_conv_direction dir,

@@ -67,11 +67,18 @@ typedef struct {
     /* BF16: set once a direction had to fall back to fp32 (no jit bf16 primitive on this
      * CPU), so the one-line explanation is printed once per direction, not per shape. */
     int bf16_fallback_reported[CPU_CONV_DIRECTIONS];
+    /* bf16 NHWC inference convolutions: the same once-only notes, for a shape served by the
+     * fp32 primitive on converted data, and for a batch size whose primitive wants another
+     * weights layout than the packed one. */
+    int bf16_nhwc_fallback_reported, bf16_nhwc_weights_reorder_reported;
+    /* Tests only: bf16 NHWC entries built while this is set take the fp32 fallback, as if
+     * oneDNN had no bf16 kernel for them (no shape on this CPU lacks one). */
+    int bf16_nhwc_force_fp32;
     /* Shared scratch, grown to the largest need and then reused, so that a training or
      * sampling step allocates nothing: the oneDNN scratchpad (user mode, one buffer for
      * every primitive), reorder targets for src, weights and dst, the bias-gradient staging
      * buffer, and op_buf for the OpenMP ops' temporaries (IN++ sums, resize taps). */
-    cpu_scratch scratchpad, src_buf, weights_buf, dst_buf, bias_buf, op_buf;
+    cpu_scratch scratchpad, src_buf, weights_buf, dst_buf, bias_buf, op_buf, epilogue_buf;
 } cpu_backend_impl;
 
 /* Grows `s` to at least `bytes` (contents not preserved) and returns its pointer. */
@@ -88,6 +95,18 @@ void cpu_conv2d_backward_data(ncsn_backend *be, float *din, const float *dout, c
 void cpu_conv2d_backward_weights_accumulate(ncsn_backend *be, float *dw, float *db, const float *in,
                                             const float *dout, const ncsn_conv_desc *d);
 void cpu_gemm_nt(ncsn_backend *be, float *C, const float *A, const float *B, int M, int Nc, int K);
+/* bf16 NHWC inference (backend.h): weights packed in the layout of the shape's forward
+ * primitive at a canonical batch size, and the forward on bf16 NHWC activations. */
+size_t cpu_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d);
+void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
+void cpu_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                             const float *b, const ncsn_conv_desc *d);
+/* oneDNN's implementation name of conv2d_forward_bf16 for `d`, e.g. "brgconv:avx512_core_bf16"
+ * (an fp32 name where it falls back); valid until the backend is destroyed. For tests and
+ * benchmarks. */
+void cpu_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                   const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
+const char *cpu_conv_bf16_nhwc_impl_name(ncsn_backend *be, const ncsn_conv_desc *d);
 /* The precision direction `dir` of convolution `d` actually runs in at be->precision
  * (building its primitive if needed): NCSN_PRECISION_BF16 only where oneDNN has a jit bf16
  * primitive on this CPU, else NCSN_PRECISION_FP32. *impl_name (if not NULL) receives

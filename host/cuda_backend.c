@@ -505,6 +505,83 @@ static void cuda_clip_by_norm(ncsn_backend *be, float *g, size_t n, const float 
     ncsn_cuda_clip_by_norm(stream_of(be), g, n, norm2, max_norm);
 }
 
+/* ---- inference in bf16 NHWC (backend.h) ----
+ * The same shape and pointer checks as the fp32 siblings. Windowed ops (pools, resize)
+ * read neighbours of the element they write, so their output must not be their input. */
+
+static void cuda_instance_norm_plus_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x,
+                                                 const float *gamma, const float *alpha, const float *beta,
+                                                 int param_stride, const int32_t *labels, float *stats, int N, int C,
+                                                 int H, int W, int elu) {
+    check_in_plus("instance_norm_plus_forward_bf16", param_stride, labels, N, C, H, W);
+    check_pointers3("instance_norm_plus_forward_bf16", out, x, stats);
+    check_pointers3("instance_norm_plus_forward_bf16", gamma, alpha, beta);
+    ncsn_cuda_instance_norm_plus_forward_bf16(stream_of(be), out, x, gamma, alpha, beta, param_stride, labels, stats,
+                                              N, C, H, W, elu);
+}
+
+static void cuda_elu_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, size_t n) {
+    if (n) check_pointers2("elu_forward_bf16", out, x);
+    ncsn_cuda_elu_forward_bf16(stream_of(be), out, x, n);
+}
+
+static void cuda_add_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *a, const ncsn_bf16 *b, size_t n) {
+    if (n) check_pointers3("add_bf16", out, a, b);
+    ncsn_cuda_add_bf16(stream_of(be), out, a, b, n);
+}
+
+static void cuda_accumulate_bf16(ncsn_backend *be, ncsn_bf16 *y, const ncsn_bf16 *x, size_t n) {
+    if (n) check_pointers2("accumulate_bf16", y, x);
+    ncsn_cuda_accumulate_bf16(stream_of(be), y, x, n);
+}
+
+static void check_window_op(const char *op, const void *out, const void *in, int N, int C, int H, int W) {
+    check_nchw(op, N, C, H, W);
+    check_pointers2(op, out, in);
+    NCSN_CHECKF(out != in, "%s: cannot run in place (out == in)", op);
+}
+
+static void cuda_mean_pool2_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                         int W) {
+    check_window_op("mean_pool2_forward_bf16", out, in, N, C, H, W);
+    NCSN_CHECKF(H % 2 == 0 && W % 2 == 0, "mean_pool2_forward_bf16: H=%d W=%d must be even", H, W);
+    ncsn_cuda_mean_pool2_forward_bf16(stream_of(be), out, in, N, C, H, W);
+}
+
+static void cuda_avg_pool5_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                        int W) {
+    check_window_op("avg_pool5_forward_bf16", out, in, N, C, H, W);
+    ncsn_cuda_avg_pool5_forward_bf16(stream_of(be), out, in, N, C, H, W);
+}
+
+static void cuda_max_pool5_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                        int W) {
+    check_window_op("max_pool5_forward_bf16", out, in, N, C, H, W);
+    ncsn_cuda_max_pool5_forward_bf16(stream_of(be), out, in, N, C, H, W);
+}
+
+static void cuda_resize_bilinear_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C,
+                                              int H, int W, int Ho, int Wo) {
+    check_window_op("resize_bilinear_forward_bf16", out, in, N, C, H, W);
+    NCSN_CHECKF(Ho > 0 && Wo > 0, "resize_bilinear_forward_bf16: bad output size %dx%d", Ho, Wo);
+    ncsn_cuda_resize_bilinear_forward_bf16(stream_of(be), out, in, N, C, H, W, Ho, Wo);
+}
+
+static void cuda_bf16_from_nchw(ncsn_backend *be, ncsn_bf16 *out, const float *x, float scale, float shift, int N,
+                                int C, int H, int W) {
+    check_nchw("bf16_from_nchw", N, C, H, W);
+    check_pointers2("bf16_from_nchw", out, x);
+    ncsn_cuda_bf16_from_nchw(stream_of(be), out, x, scale, shift, N, C, H, W);
+}
+
+static void cuda_nchw_from_bf16(ncsn_backend *be, float *out, const ncsn_bf16 *x, const float *sigmas,
+                                const int32_t *labels, int N, int C, int H, int W) {
+    check_nchw("nchw_from_bf16", N, C, H, W);
+    check_pointers2("nchw_from_bf16", out, x);
+    NCSN_CHECKF(!sigmas || labels, "nchw_from_bf16: sigmas without labels");
+    ncsn_cuda_nchw_from_bf16(stream_of(be), out, x, sigmas, labels, N, C, H, W);
+}
+
 /* ---- the table and lifetime ---- */
 
 static const ncsn_backend_ops cuda_ops = {
@@ -566,6 +643,19 @@ static const ncsn_backend_ops cuda_ops = {
     .clip_by_norm = cuda_clip_by_norm,
     .row_sum_squares = cuda_row_sum_squares,
     .pc_step_size = cuda_pc_step_size,
+    .conv2d_packed_weights_bytes = cuda_conv2d_packed_weights_bytes,
+    .conv2d_pack_weights_bf16 = cuda_conv2d_pack_weights_bf16,
+    .conv2d_forward_bf16 = cuda_conv2d_forward_bf16,
+    .instance_norm_plus_forward_bf16 = cuda_instance_norm_plus_forward_bf16,
+    .elu_forward_bf16 = cuda_elu_forward_bf16,
+    .add_bf16 = cuda_add_bf16,
+    .accumulate_bf16 = cuda_accumulate_bf16,
+    .mean_pool2_forward_bf16 = cuda_mean_pool2_forward_bf16,
+    .avg_pool5_forward_bf16 = cuda_avg_pool5_forward_bf16,
+    .max_pool5_forward_bf16 = cuda_max_pool5_forward_bf16,
+    .resize_bilinear_forward_bf16 = cuda_resize_bilinear_forward_bf16,
+    .bf16_from_nchw = cuda_bf16_from_nchw,
+    .nchw_from_bf16 = cuda_nchw_from_bf16,
 };
 
 /* The cuDNN the binary was compiled against, or newer: cuDNN 9 keeps older applications

@@ -1,4 +1,5 @@
-/* cuda_conv.c: the three convolutions (forward, backward-data, backward-filter) through
+/* cuda_conv.c: the three convolutions (forward, backward-data, backward-filter) of the
+ * fp32 NCHW op set, and the forward of the bf16 NHWC inference op set (backend.h), through
  * the cuDNN 9 graph (backend) API, plain C.
  *
  * For each distinct (shape, direction, precision, accumulate, pointer alignment,
@@ -55,7 +56,48 @@
  * Bias. cuDNN's runtime-fusion engines could add the bias inside the convolution, but
  * not for every fp32 NCHW shape; a broadcast-add kernel after the convolution and a
  * per-channel reduction kernel for its gradient (kernels/elementwise.cu) are always valid.
+ *
+ * bf16 NHWC inference (conv2d_forward_bf16 and _fused; compile-checked only: no GPU was
+ * available to run it). The sampler's network keeps its activations in bf16 NHWC, so the
+ * convolution reads the caller's input and writes the caller's output directly: no staging,
+ * no transpose. Its weights are packed once (conv2d_pack_weights_bf16: fp32 KCRS -> bf16
+ * KRSC, round to nearest even, padded to a multiple of 256 bytes). The contract is
+ * out = bf16(act(conv(in, w) + b + residual)): fp32 accumulation, the bias, the residual and
+ * the ELU (the "epilogue", each optional) in fp32, ONE rounding. Plans are cached as above,
+ * keyed by shape (N included), bias / residual (none, separate, out itself) / ELU, the
+ * alignment of in, out, residual and of the bias, and determinism. The first variant that
+ * finalizes on this GPU serves the shape (cuda_conv_bf16_variant in cuda_internal.h):
+ *   fused        X bf16 NHWC, W bf16 KRSC -> CONVOLUTION_FORWARD (fp32 compute) -> fp32
+ *                virtual -> [POINTWISE ADD B fp32 [1, K, 1, 1], strides {K, 1, K, K}]
+ *                -> [POINTWISE ADD R bf16 NHWC] -> [POINTWISE ELU_FWD] -> Y bf16 NHWC, every
+ *                intermediate a virtual fp32 tensor and every pointwise op in fp32 math.
+ *                Only cuDNN's runtime-fusion engines take such graphs (NVRTC-compiled when
+ *                the plan is finalized: once per shape, in the eager warm-up; sm_80+, NHWC,
+ *                channel counts that tensor cores tile). Tried first when there is an
+ *                epilogue, except with the residual in place (out += conv): cuDNN documents
+ *                no aliasing of variant-pack tensors, so that case starts at fp32-output
+ *                until FUSE_IN_PLACE_RESIDUAL is enabled after a GPU check.
+ *   fp32-output  conv -> Y fp32 NHWC in the workspace, then kernels/convert.cu runs the
+ *                epilogue and rounds once: the contract, one more memory pass.
+ *   bf16-output  conv -> Y bf16 NHWC (the caller's out; the workspace when the residual is
+ *                out). Without an epilogue this is the contract and is tried first; with one,
+ *                the epilogue kernel reads the rounded output: a second rounding (at most 1
+ *                bf16 ulp more), tried last among the bf16 graphs and announced once.
+ *   via-fp32     no bf16 engine at all (possibly the C = 3 first and K = 3 last convolutions,
+ *                which tensor cores cannot tile): the input is widened to fp32 NCHW, the
+ *                packed weights unpacked to fp32 KCRS (exact), the fp32 path's plan runs
+ *                (TF32; strict FP32 if the backend is strict), its output is transposed to
+ *                fp32 NHWC and the epilogue kernel rounds it into out; announced once. The
+ *                numbers are those of the bf16 convolution: every bf16 value is exact in
+ *                TF32, so the products are exact and accumulate in fp32 as in the bf16
+ *                tensor-core engines.
+ * NCSN_CUDA_VERBOSE=1 prints the variant, engine and workspace of every shape;
+ * cuda_conv_bf16_inference_variant() reports it to tests and benchmarks.
+ * CUDA-graph capture: the first (eager) call with a shape builds its plan(s) and reserves
+ * their workspace; later calls only look the plan up, build a host-side variant pack and
+ * enqueue work, so they can be captured (no allocation, synchronisation or host copy).
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,8 +111,19 @@ typedef enum { CONV_FORWARD = 0, CONV_BACKWARD_DATA = 1, CONV_BACKWARD_FILTER = 
 static const char *const conv_direction_names[] = {"forward", "backward-data", "backward-filter"};
 
 /* Unique ids of the three tensors; in every direction X is the activation on the input
- * side (x or dx), W the filter (w or dw) and Y the activation on the output side (y or dy). */
-enum { UID_X = 'x', UID_W = 'w', UID_Y = 'y' };
+ * side (x or dx), W the filter (w or dw) and Y the activation on the output side (y or dy).
+ * The fused bf16 NHWC graph adds the bias B, the residual R and the virtual fp32 tensors
+ * between its operations (after the convolution, the bias add, the residual add). */
+enum {
+    UID_X = 'x',
+    UID_W = 'w',
+    UID_Y = 'y',
+    UID_B = 'b',
+    UID_R = 'r',
+    UID_AFTER_CONV = 'c',
+    UID_AFTER_BIAS = 'd',
+    UID_AFTER_RESIDUAL = 'e'
+};
 
 /* The three tensors by slot, for code that treats them alike (BF16 staging). */
 enum { SLOT_X = 0, SLOT_W = 1, SLOT_Y = 2, SLOT_COUNT = 3 };
@@ -78,20 +131,47 @@ enum { SLOT_X = 0, SLOT_W = 1, SLOT_Y = 2, SLOT_COUNT = 3 };
 /* The slot each direction writes: y (forward), dx (backward-data), dw (backward-filter). */
 static const int output_slot[3] = {SLOT_Y, SLOT_X, SLOT_W};
 
-/* Descriptors a plan keeps alive: 3 tensors, the convolution, the operation, the graph and
- * the chosen engine configuration (the plan was finalized from them). */
-#define PLAN_MAX_OWNED 7
+/* Descriptors a plan keeps alive (the plan was finalized from them): a convolution graph
+ * has 3 tensors, the convolution, the operation, the graph and the chosen engine
+ * configuration (7); the fused bf16 NHWC graph adds up to three pointwise operations, each
+ * with its descriptor, its output tensor and an operand tensor (B, R; the ELU has none):
+ * 7 + 3 * 4 - 1 = 18. */
+#define PLAN_MAX_OWNED 18
 
 /* Workspace offsets are rounded to this, so every staged tensor is 16-byte aligned. */
 #define WORKSPACE_ALIGN 256
 
+/* backend.h: packed bf16 weights are a multiple of this many bytes, at an address aligned
+ * to it, so consecutive packings in one buffer all start 16-byte aligned for cuDNN. */
+#define PACKED_WEIGHTS_ALIGN 256
+
+/* Which op set a plan serves. PLAN_FP32_NCHW: the fp32 NCHW convolutions (FP32 / TF32
+ * plans on the caller's tensors, BF16 plans on staged copies). PLAN_BF16_NHWC: the bf16 NHWC
+ * inference forward (conv2d_forward_bf16) on the caller's bf16 tensors. */
+typedef enum { PLAN_FP32_NCHW = 0, PLAN_BF16_NHWC = 1 } plan_kind;
+
+/* The residual of a bf16 NHWC forward: none, a tensor of its own, or the output itself
+ * (out += conv: read and written in place). */
+enum { RESIDUAL_NONE = 0, RESIDUAL_SEPARATE = 1, RESIDUAL_IN_PLACE = 2 };
+
+/* Whether the fused cuDNN graph may serve RESIDUAL_IN_PLACE, i.e. run with the residual R and
+ * the output Y at the same address. An epilogue reads each element of R before it writes the
+ * same element of Y, in the same thread, so in practice this is safe, but cuDNN documents no
+ * aliasing between variant-pack tensors: until a GPU run has checked it (tests/gpu), in-place
+ * residuals take the unfused path, whose epilogue kernel is ours. */
+#define FUSE_IN_PLACE_RESIDUAL 0
+
 struct cuda_conv_plan {
-    /* key */
+    /* key (desc.has_bias is 0 in PLAN_FP32_NCHW plans: their bias is a separate kernel) */
     ncsn_conv_desc desc;
+    plan_kind kind;
     conv_direction direction;
     ncsn_precision precision;
     int accumulate; /* the caller wants Y += conv (beta = 1) */
-    int alignment;  /* bytes guaranteed for every pointer: 4, 8 or 16 */
+    int alignment;  /* bytes guaranteed for every pointer: 4, 8 or 16 (bf16 NHWC: of in and out, 2 to 16) */
+    int bias_alignment; /* PLAN_BF16_NHWC with a bias: bytes guaranteed for b; else 0 */
+    int residual;       /* PLAN_BF16_NHWC: RESIDUAL_NONE / _SEPARATE / _IN_PLACE */
+    int elu;            /* PLAN_BF16_NHWC: the epilogue ends with the ELU */
     int deterministic;
     /* value */
     cudnnBackendDescriptor_t plan;
@@ -103,6 +183,9 @@ struct cuda_conv_plan {
      * alignment 16, since they never touch the caller's pointers): */
     cudnnDataType_t output_type; /* what cuDNN writes into the staging: FLOAT, else BFLOAT16 */
     int runs_tf32;               /* no bf16 engine for this shape: the TF32 plan serves it */
+    /* PLAN_BF16_NHWC only: how the shape runs (cuda_internal.h; VIA_FP32 has no plan here:
+     * the PLAN_FP32_NCHW plan of the shape serves it). */
+    cuda_conv_bf16_variant variant;
 };
 
 static const char *precision_name(ncsn_precision p) {
@@ -124,9 +207,12 @@ static void set_attribute(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_
 
 /* A packed 4-D tensor of logical shape [d0, d1, d2, d3] (NCHW activations, KCRS filters),
  * stored channels-first (the model's layout) or channels-last (NHWC / KRSC: the BF16
- * staging). cuDNN always takes dims in N, C, H, W order; the strides say the layout. */
-static cudnnBackendDescriptor_t make_tensor(int64_t uid, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
-                                            cudnnDataType_t type, int channels_last, int64_t alignment) {
+ * staging and the bf16 inference tensors). cuDNN always takes dims in N, C, H, W order; the
+ * strides say the layout. A virtual tensor lives only inside a fused graph (no memory, no
+ * pointer in the variant pack). */
+static cudnnBackendDescriptor_t make_tensor_ex(int64_t uid, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                                               cudnnDataType_t type, int channels_last, int64_t alignment,
+                                               bool is_virtual) {
     int64_t dims[4] = {d0, d1, d2, d3};
     int64_t strides[4] = {d1 * d2 * d3, d2 * d3, d3, 1};
     if (channels_last) {
@@ -140,8 +226,14 @@ static cudnnBackendDescriptor_t make_tensor(int64_t uid, int64_t d0, int64_t d1,
     set_attribute(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides);
     set_attribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
     set_attribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment);
+    if (is_virtual) set_attribute(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
     CUDNN_CHECK(cudnnBackendFinalize(t));
     return t;
+}
+
+static cudnnBackendDescriptor_t make_tensor(int64_t uid, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                                            cudnnDataType_t type, int channels_last, int64_t alignment) {
+    return make_tensor_ex(uid, d0, d1, d2, d3, type, channels_last, alignment, false);
 }
 
 static cudnnBackendDescriptor_t make_convolution(const ncsn_conv_desc *d) {
@@ -300,11 +392,39 @@ static cudnnBackendDescriptor_t plan_from_heuristics(cuda_backend_impl *impl, cu
     return plan;
 }
 
+/* Keeps a descriptor alive with the plan (destroyed with it). */
+static void own(cuda_conv_plan *p, cudnnBackendDescriptor_t d) {
+    NCSN_CHECKF(p->owned_count < PLAN_MAX_OWNED, "cuda_conv: a plan owns more than %d descriptors", PLAN_MAX_OWNED);
+    p->owned[p->owned_count++] = d;
+}
+
 static void destroy_plan_descriptors(cuda_conv_plan *p) {
     if (p->plan) CUDNN_CHECK(cudnnBackendDestroyDescriptor(p->plan));
     for (int i = p->owned_count - 1; i >= 0; i--) CUDNN_CHECK(cudnnBackendDestroyDescriptor(p->owned[i]));
     p->plan = NULL;
     p->owned_count = 0;
+}
+
+/* Finds the execution plan of `p`'s finalized `graph`: heuristics mode A, then FALLBACK,
+ * the first allowed engine that finalizes (kept with the plan), and its workspace size.
+ * Returns 0, with p's descriptors released, if there is none. */
+static int plan_graph(cuda_backend_impl *impl, cuda_conv_plan *p, cudnnBackendDescriptor_t graph,
+                      ncsn_precision precision, int64_t *engine_index, cudnnStatus_t *last_status) {
+    static const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+    for (int m = 0; m < 2 && !p->plan; m++) {
+        cudnnBackendDescriptor_t config = NULL;
+        p->plan = plan_from_heuristics(impl, graph, modes[m], precision, p->deterministic, &config, engine_index,
+                                       last_status);
+        if (p->plan) own(p, config);
+    }
+    if (!p->plan) {
+        destroy_plan_descriptors(p);
+        return 0;
+    }
+    int64_t got = 0;
+    CUDNN_CHECK(cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
+                                         &p->workspace_bytes));
+    return 1;
 }
 
 /* Builds the descriptors of `p` (its key filled in; for BF16 also output_type) with the
@@ -326,11 +446,11 @@ static int build_plan(cuda_backend_impl *impl, cuda_conv_plan *p, float beta, cu
     cudnnBackendDescriptor_t conv = make_convolution(d);
     cudnnBackendDescriptor_t op = make_operation(p->direction, x, w, y, conv, beta);
     p->owned_count = 0;
-    p->owned[p->owned_count++] = x;
-    p->owned[p->owned_count++] = w;
-    p->owned[p->owned_count++] = y;
-    p->owned[p->owned_count++] = conv;
-    p->owned[p->owned_count++] = op;
+    own(p, x);
+    own(p, w);
+    own(p, y);
+    own(p, conv);
+    own(p, op);
     if (!finalize_graph_part(op, bf16, last_status)) {
         destroy_plan_descriptors(p);
         return 0;
@@ -340,27 +460,14 @@ static int build_plan(cuda_backend_impl *impl, cuda_conv_plan *p, float beta, cu
      * handle attributes are deprecated (9.19). */
     cudnnBackendDescriptor_t graph = create_descriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     set_attribute(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op);
-    p->owned[p->owned_count++] = graph;
+    own(p, graph);
     if (!finalize_graph_part(graph, bf16, last_status)) {
         destroy_plan_descriptors(p);
         return 0;
     }
 
-    static const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
     int64_t engine_index = -1;
-    for (int m = 0; m < 2 && !p->plan; m++) {
-        cudnnBackendDescriptor_t config = NULL;
-        p->plan = plan_from_heuristics(impl, graph, modes[m], p->precision, p->deterministic, &config, &engine_index,
-                                       last_status);
-        if (p->plan) p->owned[p->owned_count++] = config;
-    }
-    if (!p->plan) {
-        destroy_plan_descriptors(p);
-        return 0;
-    }
-    int64_t got = 0;
-    CUDNN_CHECK(cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
-                                         &p->workspace_bytes));
+    if (!plan_graph(impl, p, graph, p->precision, &engine_index, last_status)) return 0;
     if (getenv("NCSN_CUDA_VERBOSE"))
         fprintf(stderr,
                 "cuda: conv %s N%d C%d H%d W%d K%d k%d d%d: engine %lld, workspace %lld B, beta %g, align %d, %s%s%s\n",
@@ -374,13 +481,13 @@ static int build_plan(cuda_backend_impl *impl, cuda_conv_plan *p, float beta, cu
 }
 
 /* Largest power of two (at most 16) dividing the address. cudaMalloc returns 256-byte
- * aligned memory, but tensors inside a model's buffers sit at any float offset, and cuDNN
- * must be told the alignment it may assume. */
+ * aligned memory, but tensors inside a model's buffers sit at any float (bf16: any
+ * element) offset, and cuDNN must be told the alignment it may assume. */
 static int pointer_alignment(const void *p) {
     uintptr_t a = (uintptr_t)p;
-    if (a % 16 == 0) return 16;
-    if (a % 8 == 0) return 8;
-    return 4;
+    for (int alignment = 16; alignment > 1; alignment /= 2)
+        if (a % (uintptr_t)alignment == 0) return alignment;
+    return 1;
 }
 
 static int min_int(int a, int b) { return a < b ? a : b; }
@@ -423,9 +530,16 @@ static size_t staged_bytes(const cuda_conv_plan *p, int slot) {
 
 /* Workspace a plan needs, in this order: cuDNN's own, rounded to 256 B; then either the
  * scratch output of a plan that cannot accumulate in place (FP32 / TF32), or the three
- * staging tensors X, W, Y (BF16). */
+ * staging tensors X, W, Y (BF16), or the fp32 NHWC output of an unfused bf16 NHWC plan
+ * (CUDA_CONV_BF16_FP32_OUTPUT). */
 static size_t plan_workspace_bytes(const cuda_conv_plan *p) {
     size_t bytes = round_up((size_t)p->workspace_bytes);
+    if (p->kind == PLAN_BF16_NHWC) {
+        if (p->variant == CUDA_CONV_BF16_FP32_OUTPUT) bytes += round_up(slot_count(&p->desc, SLOT_Y) * sizeof(float));
+        if (p->variant == CUDA_CONV_BF16_BF16_OUTPUT && p->residual == RESIDUAL_IN_PLACE)
+            bytes += round_up(slot_count(&p->desc, SLOT_Y) * sizeof(ncsn_bf16));
+        return bytes;
+    }
     if (p->precision == NCSN_PRECISION_BF16) {
         for (int slot = 0; slot < SLOT_COUNT; slot++) bytes += staged_bytes(p, slot);
         return bytes;
@@ -434,12 +548,35 @@ static size_t plan_workspace_bytes(const cuda_conv_plan *p) {
     return bytes;
 }
 
-static int same_key(const cuda_conv_plan *p, const ncsn_conv_desc *d, conv_direction direction,
-                    ncsn_precision precision, int accumulate, int alignment, int deterministic) {
-    return p->direction == direction && p->precision == precision && p->accumulate == accumulate &&
-           p->alignment == alignment && p->deterministic == deterministic && p->desc.N == d->N && p->desc.C == d->C &&
-           p->desc.H == d->H && p->desc.W == d->W && p->desc.K == d->K && p->desc.ksize == d->ksize &&
-           p->desc.dilation == d->dilation;
+/* Do two plans have the same key (the fields above `plan` in cuda_conv_plan)? */
+static int same_key(const cuda_conv_plan *a, const cuda_conv_plan *b) {
+    return a->kind == b->kind && a->direction == b->direction && a->precision == b->precision &&
+           a->accumulate == b->accumulate && a->alignment == b->alignment && a->bias_alignment == b->bias_alignment &&
+           a->deterministic == b->deterministic && a->desc.N == b->desc.N && a->desc.C == b->desc.C &&
+           a->desc.H == b->desc.H && a->desc.W == b->desc.W && a->desc.K == b->desc.K &&
+           a->desc.ksize == b->desc.ksize && a->desc.dilation == b->desc.dilation &&
+           a->desc.has_bias == b->desc.has_bias && a->residual == b->residual && a->elu == b->elu;
+}
+
+static cuda_conv_plan *find_plan(cuda_backend_impl *impl, const cuda_conv_plan *key) {
+    for (int i = 0; i < impl->plan_count; i++)
+        if (same_key(&impl->plans[i], key)) return &impl->plans[i];
+    return NULL;
+}
+
+/* A new cache entry holding `key` (its value still to be built). Pointers into the cache
+ * are valid until the next append: the array may move. */
+static cuda_conv_plan *append_plan(cuda_backend_impl *impl, const cuda_conv_plan *key) {
+    if (impl->plan_count == impl->plan_capacity) {
+        int capacity = impl->plan_capacity ? 2 * impl->plan_capacity : 64;
+        cuda_conv_plan *grown = realloc(impl->plans, (size_t)capacity * sizeof *grown);
+        if (!grown) ncsn_die("%s:%d: out of host memory for the convolution plan cache", __FILE__, __LINE__);
+        impl->plans = grown;
+        impl->plan_capacity = capacity;
+    }
+    cuda_conv_plan *p = &impl->plans[impl->plan_count++];
+    *p = *key;
+    return p;
 }
 
 /* BF16: the plan with an fp32 output if any engine takes that mixed graph, else with a
@@ -467,26 +604,19 @@ static void build_bf16_plan(ncsn_backend *be, cuda_conv_plan *p) {
 static cuda_conv_plan *get_plan(ncsn_backend *be, const ncsn_conv_desc *d, conv_direction direction,
                                 ncsn_precision precision, int accumulate, int alignment) {
     cuda_backend_impl *impl = cuda_impl(be);
-    for (int i = 0; i < impl->plan_count; i++)
-        if (same_key(&impl->plans[i], d, direction, precision, accumulate, alignment, be->deterministic))
-            return &impl->plans[i];
-
-    if (impl->plan_count == impl->plan_capacity) {
-        int capacity = impl->plan_capacity ? 2 * impl->plan_capacity : 64;
-        cuda_conv_plan *grown = realloc(impl->plans, (size_t)capacity * sizeof *grown);
-        if (!grown) ncsn_die("%s:%d: out of host memory for the convolution plan cache", __FILE__, __LINE__);
-        impl->plans = grown;
-        impl->plan_capacity = capacity;
-    }
-    cuda_conv_plan *p = &impl->plans[impl->plan_count];
-    memset(p, 0, sizeof *p);
-    p->desc = *d;
-    p->desc.has_bias = 0; /* the bias is not part of the cuDNN graph */
-    p->direction = direction;
-    p->precision = precision;
-    p->accumulate = accumulate;
-    p->alignment = alignment;
-    p->deterministic = be->deterministic;
+    cuda_conv_plan key;
+    memset(&key, 0, sizeof key);
+    key.desc = *d;
+    key.desc.has_bias = 0; /* the bias is not part of the cuDNN graph */
+    key.kind = PLAN_FP32_NCHW;
+    key.direction = direction;
+    key.precision = precision;
+    key.accumulate = accumulate;
+    key.alignment = alignment;
+    key.deterministic = be->deterministic;
+    cuda_conv_plan *p = find_plan(impl, &key);
+    if (p) return p;
+    p = append_plan(impl, &key);
 
     if (precision == NCSN_PRECISION_BF16) {
         build_bf16_plan(be, p);
@@ -503,7 +633,6 @@ static cuda_conv_plan *get_plan(ncsn_backend *be, const ncsn_conv_desc *d, conv_
                          be->deterministic ? ", deterministic" : "", cudnnGetErrorString(last_status));
         }
     }
-    impl->plan_count++;
     /* Grow the shared workspace now, while no graph capture can be running, so later
      * calls with this shape never reallocate it. */
     if (!p->runs_tf32) cuda_workspace_reserve(be, plan_workspace_bytes(p));
@@ -525,17 +654,24 @@ static cuda_conv_plan *plan_for_call(ncsn_backend *be, const ncsn_conv_desc *d, 
     return get_plan(be, d, direction, precision, accumulate, alignment);
 }
 
-static void execute_variant_pack(cuda_backend_impl *impl, cuda_conv_plan *p, void *x, void *w, void *y,
-                                 void *workspace) {
-    int64_t uids[3] = {UID_X, UID_W, UID_Y};
-    void *pointers[3] = {x, w, y};
+/* Runs plan `p` on `count` tensors (device pointers by unique id; virtual tensors have
+ * none). Only host-side descriptors are created, so this is legal inside a graph capture. */
+static void execute_tensors(cuda_backend_impl *impl, cuda_conv_plan *p, int64_t count, const int64_t *uids,
+                            void *const *pointers, void *workspace) {
     cudnnBackendDescriptor_t pack = create_descriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-    set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids);
-    set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers);
+    set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, count, uids);
+    set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, count, pointers);
     set_attribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
     CUDNN_CHECK(cudnnBackendFinalize(pack));
     CUDNN_CHECK(cudnnBackendExecute(impl->cudnn, p->plan, pack));
     CUDNN_CHECK(cudnnBackendDestroyDescriptor(pack));
+}
+
+static void execute_variant_pack(cuda_backend_impl *impl, cuda_conv_plan *p, void *x, void *w, void *y,
+                                 void *workspace) {
+    static const int64_t uids[3] = {UID_X, UID_W, UID_Y};
+    void *const pointers[3] = {x, w, y};
+    execute_tensors(impl, p, 3, uids, pointers, workspace);
 }
 
 /* Executes an FP32 / TF32 plan `p`: out = conv(...) (+ out when accumulating). `out` is
@@ -657,6 +793,394 @@ ncsn_precision cuda_conv_effective_precision(ncsn_backend *be, const ncsn_conv_d
     if (p->runs_tf32) return NCSN_PRECISION_TF32;
     if (bf16_output) *bf16_output = p->output_type == CUDNN_DATA_BFLOAT16;
     return NCSN_PRECISION_BF16;
+}
+
+/* ---- the bf16 NHWC inference convolution (backend.h "inference in bf16 NHWC") ---- */
+
+const char *cuda_conv_bf16_variant_name(cuda_conv_bf16_variant v) {
+    static const char *const names[CUDA_CONV_BF16_VARIANT_COUNT] = {"fused", "fp32-output", "bf16-output",
+                                                                    "via-fp32"};
+    NCSN_CHECKF(v >= 0 && v < CUDA_CONV_BF16_VARIANT_COUNT, "cuda_conv_bf16_variant_name: variant %d", (int)v);
+    return names[v];
+}
+
+static const char *const bf16_variant_descriptions[CUDA_CONV_BF16_VARIANT_COUNT] = {
+    "conv -> fp32 -> epilogue -> bf16 in one cuDNN graph", "cuDNN writes fp32, a kernel runs the epilogue and rounds",
+    "cuDNN writes bf16", "no bf16 engine: fp32 NCHW staging"};
+
+/* Does the epilogue of `p` do anything (bias, residual, ELU)? */
+static int has_epilogue(const cuda_conv_plan *p) { return p->desc.has_bias || p->residual != RESIDUAL_NONE || p->elu; }
+
+/* Does a BF16_OUTPUT plan make cuDNN write into the workspace rather than into out? Only when
+ * the residual is out itself: the convolution would overwrite it before the epilogue reads it. */
+static int bf16_output_staged(const cuda_conv_plan *p) { return p->residual == RESIDUAL_IN_PLACE; }
+
+/* Appends a pointwise operation `mode` (fp32 math) on `x` (and the operand `b` unless NULL)
+ * to the graph of `p` being built, writing a new tensor: virtual fp32 with id `y_uid`, or
+ * the bf16 NHWC output when y_uid is UID_Y. Returns that tensor, or NULL if cuDNN rejects the
+ * operation (descriptors released, status in last_status). */
+static cudnnBackendDescriptor_t append_pointwise(cuda_conv_plan *p, cudnnBackendDescriptor_t *ops,
+                                                 int64_t *op_count, cudnnPointwiseMode_t mode,
+                                                 cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b, int64_t y_uid,
+                                                 cudnnStatus_t *last_status) {
+    const ncsn_conv_desc *d = &p->desc;
+    int is_output = y_uid == UID_Y;
+    cudnnBackendDescriptor_t y =
+        make_tensor_ex(y_uid, d->N, d->K, d->H, d->W, is_output ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT, 1,
+                       is_output ? p->alignment : 16, !is_output);
+    own(p, y);
+    cudnnDataType_t math = CUDNN_DATA_FLOAT;
+    cudnnBackendDescriptor_t pw = create_descriptor(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+    own(p, pw);
+    set_attribute(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+    set_attribute(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &math);
+    if (mode == CUDNN_POINTWISE_ELU_FWD) {
+        double alpha = 1.0; /* torch.nn.ELU() */
+        set_attribute(pw, CUDNN_ATTR_POINTWISE_ELU_ALPHA, CUDNN_TYPE_DOUBLE, 1, &alpha);
+    }
+    if (!finalize_graph_part(pw, 1, last_status)) {
+        destroy_plan_descriptors(p);
+        return NULL;
+    }
+    cudnnBackendDescriptor_t op = create_descriptor(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+    own(p, op);
+    set_attribute(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw);
+    set_attribute(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+    if (b) set_attribute(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+    set_attribute(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+    if (!finalize_graph_part(op, 1, last_status)) {
+        destroy_plan_descriptors(p);
+        return NULL;
+    }
+    ops[(*op_count)++] = op;
+    return y;
+}
+
+/* Builds the cuDNN graph of `variant` for the bf16 NHWC plan `p` (its key filled in).
+ * Returns 1 if an engine finalized into an execution plan; 0 (descriptors released, status
+ * in last_status) if cuDNN rejects the graph or no engine takes it.
+ *   X bf16 NHWC [N, C, H, W] (the caller's input), W bf16 KRSC [K, C, k, k] (the packing),
+ *   CONVOLUTION_FORWARD with fp32 compute, then
+ *   FUSED:       -> fp32 virtual -> [ADD B fp32 [1, K, 1, 1], the bias broadcast]
+ *                -> [ADD R bf16 NHWC, the residual] -> [ELU_FWD, alpha 1] -> Y bf16 NHWC,
+ *                every intermediate fp32 virtual, every pointwise op in fp32 math
+ *   FP32_OUTPUT: -> Y fp32 NHWC (workspace staging; the epilogue kernel follows)
+ *   BF16_OUTPUT: -> Y bf16 NHWC (the caller's out, or workspace staging if the residual is
+ *                out itself; an epilogue kernel follows if there is an epilogue). */
+static int build_bf16_nhwc_plan(cuda_backend_impl *impl, cuda_conv_plan *p, cuda_conv_bf16_variant variant,
+                                cudnnStatus_t *last_status) {
+    const ncsn_conv_desc *d = &p->desc;
+    const int64_t io_alignment = p->alignment;
+    const int64_t staged_alignment = 16; /* packed weights and workspace staging: 256-byte offsets */
+    int fused = variant == CUDA_CONV_BF16_FUSED;
+    p->owned_count = 0;
+    cudnnBackendDescriptor_t x = make_tensor(UID_X, d->N, d->C, d->H, d->W, CUDNN_DATA_BFLOAT16, 1, io_alignment);
+    own(p, x);
+    cudnnBackendDescriptor_t w =
+        make_tensor(UID_W, d->K, d->C, d->ksize, d->ksize, CUDNN_DATA_BFLOAT16, 1, staged_alignment);
+    own(p, w);
+    cudnnBackendDescriptor_t conv_out;
+    if (fused)
+        conv_out =
+            make_tensor_ex(UID_AFTER_CONV, d->N, d->K, d->H, d->W, CUDNN_DATA_FLOAT, 1, staged_alignment, true);
+    else if (variant == CUDA_CONV_BF16_FP32_OUTPUT)
+        conv_out = make_tensor(UID_Y, d->N, d->K, d->H, d->W, CUDNN_DATA_FLOAT, 1, staged_alignment);
+    else
+        conv_out = make_tensor(UID_Y, d->N, d->K, d->H, d->W, CUDNN_DATA_BFLOAT16, 1,
+                               bf16_output_staged(p) ? staged_alignment : io_alignment);
+    own(p, conv_out);
+    cudnnBackendDescriptor_t conv = make_convolution(d);
+    own(p, conv);
+    cudnnBackendDescriptor_t ops[4];
+    int64_t op_count = 0;
+    ops[op_count] = make_operation(CONV_FORWARD, x, w, conv_out, conv, 0.0f);
+    own(p, ops[op_count]);
+    if (!finalize_graph_part(ops[op_count++], 1, last_status)) {
+        destroy_plan_descriptors(p);
+        return 0;
+    }
+    if (fused) {
+        /* The chain in the order of backend.h: + b, + residual, ELU; the last op writes Y. */
+        int remaining = d->has_bias + (p->residual != RESIDUAL_NONE) + p->elu;
+        cudnnBackendDescriptor_t t = conv_out;
+        if (d->has_bias) {
+            /* [1, K, 1, 1] with channels-last strides {K, 1, K, K}: the per-channel broadcast
+             * operand of cuDNN's conv-bias fusions. */
+            cudnnBackendDescriptor_t b = make_tensor(UID_B, 1, d->K, 1, 1, CUDNN_DATA_FLOAT, 1, p->bias_alignment);
+            own(p, b);
+            t = append_pointwise(p, ops, &op_count, CUDNN_POINTWISE_ADD, t, b, --remaining ? UID_AFTER_BIAS : UID_Y,
+                                 last_status);
+            if (!t) return 0;
+        }
+        if (p->residual != RESIDUAL_NONE) {
+            cudnnBackendDescriptor_t r =
+                make_tensor(UID_R, d->N, d->K, d->H, d->W, CUDNN_DATA_BFLOAT16, 1, io_alignment);
+            own(p, r);
+            t = append_pointwise(p, ops, &op_count, CUDNN_POINTWISE_ADD, t, r,
+                                 --remaining ? UID_AFTER_RESIDUAL : UID_Y, last_status);
+            if (!t) return 0;
+        }
+        if (p->elu) {
+            t = append_pointwise(p, ops, &op_count, CUDNN_POINTWISE_ELU_FWD, t, NULL, UID_Y, last_status);
+            if (!t) return 0;
+        }
+    }
+    cudnnBackendDescriptor_t graph = create_descriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    own(p, graph);
+    set_attribute(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, op_count, ops);
+    if (!finalize_graph_part(graph, 1, last_status)) {
+        destroy_plan_descriptors(p);
+        return 0;
+    }
+    /* Mode A ranks the runtime-fusion engines a fused graph needs (they compile their kernel
+     * when the plan is finalized: once per shape, during the eager warm-up). The numerical
+     * notes filter nothing at bf16 (tensor cores are the point); determinism still filters. */
+    int64_t engine_index = -1;
+    if (!plan_graph(impl, p, graph, NCSN_PRECISION_BF16, &engine_index, last_status)) return 0;
+    if (getenv("NCSN_CUDA_VERBOSE"))
+        fprintf(stderr,
+                "cuda: conv bf16-nhwc forward N%d C%d H%d W%d K%d k%d d%d%s%s%s%s: %s (%s): engine %lld, "
+                "workspace %lld B, align %d, bias align %d%s\n",
+                d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation, d->has_bias ? " +bias" : "",
+                p->residual == RESIDUAL_SEPARATE ? " +residual" : "",
+                p->residual == RESIDUAL_IN_PLACE ? " +=out" : "", p->elu ? " elu" : "",
+                cuda_conv_bf16_variant_name(variant), bf16_variant_descriptions[variant], (long long)engine_index,
+                (long long)p->workspace_bytes, p->alignment, p->bias_alignment,
+                p->deterministic ? ", deterministic" : "");
+    return 1;
+}
+
+/* CUDA_CONV_BF16_VIA_FP32: the shape runs on fp32 copies through the fp32 path's plan, at
+ * FP32 if the backend is strict, else TF32. Numerically this is the bf16 convolution the
+ * contract asks for: the copies hold bf16 values exactly (the weights unpacked from the
+ * packing), TF32 represents every bf16 value exactly (10 >= 7 mantissa bits), so every
+ * product is exact and accumulated in fp32; the epilogue kernel then adds the bias and the
+ * residual in fp32, applies the ELU and rounds once. Workspace: the fp32 plan's own, then
+ * X (NCHW), W (KCRS), Y (NCHW) and Y again in NHWC, all fp32 at 256-byte offsets. Returns
+ * that plan (building it if needed: pointers into the cache may move) and the layout. */
+enum { VIA_X = 0, VIA_W, VIA_Y, VIA_Y_NHWC, VIA_COUNT };
+
+static cuda_conv_plan *via_fp32_plan(ncsn_backend *be, const ncsn_conv_desc *d, size_t offsets[VIA_COUNT],
+                                     size_t *total_bytes) {
+    ncsn_precision precision = be->precision == NCSN_PRECISION_FP32 ? NCSN_PRECISION_FP32 : NCSN_PRECISION_TF32;
+    cuda_conv_plan *p = get_plan(be, d, CONV_FORWARD, precision, 0, 16);
+    const size_t counts[VIA_COUNT] = {slot_count(d, SLOT_X), slot_count(d, SLOT_W), slot_count(d, SLOT_Y),
+                                      slot_count(d, SLOT_Y)};
+    size_t offset = round_up(plan_workspace_bytes(p));
+    for (int i = 0; i < VIA_COUNT; i++) {
+        offsets[i] = offset;
+        offset += round_up(counts[i] * sizeof(float));
+    }
+    *total_bytes = offset;
+    return p;
+}
+
+static void forward_bf16_via_fp32(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                  const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
+    cuda_backend_impl *impl = cuda_impl(be);
+    size_t offsets[VIA_COUNT], total_bytes;
+    cuda_conv_plan *p = via_fp32_plan(be, d, offsets, &total_bytes);
+    char *workspace = cuda_workspace_reserve(be, total_bytes); /* reserved when the shape was planned */
+    float *x = (float *)(workspace + offsets[VIA_X]);
+    float *w = (float *)(workspace + offsets[VIA_W]);
+    float *y = (float *)(workspace + offsets[VIA_Y]);
+    float *y_nhwc = (float *)(workspace + offsets[VIA_Y_NHWC]);
+    size_t spatial = (size_t)d->H * d->W;
+    ncsn_cuda_channels_last_to_first_f32(impl->stream, x, in, 1, d->N, d->C, spatial, 0);
+    ncsn_cuda_channels_last_to_first_f32(impl->stream, w, packed_w, 1, d->K, d->C, (size_t)d->ksize * d->ksize, 0);
+    execute_plan(be, p, x, w, y, y); /* needs only the plan's own part of the workspace */
+    ncsn_cuda_channels_first_to_last_f32(impl->stream, y_nhwc, y, d->N, d->K, spatial);
+    ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, y_nhwc, 0, d->has_bias ? b : NULL, residual, elu,
+                                 (size_t)d->N * spatial, d->K);
+}
+
+/* The bf16 NHWC plan of one call, built on first use. Variants are tried best first:
+ *   with an epilogue: the fused graph (one rounding, no extra pass; not for an in-place
+ *     residual unless FUSE_IN_PLACE_RESIDUAL), the fp32 output (one rounding, one more
+ *     pass), the bf16 output plus the epilogue kernel (two roundings);
+ *   without: the bf16 output, then the fp32 output.
+ * A shape no bf16 engine takes at all is marked VIA_FP32. The pointer is valid until the
+ * next get_plan / get_bf16_nhwc_plan. */
+static cuda_conv_plan *get_bf16_nhwc_plan(ncsn_backend *be, const ncsn_conv_desc *d, int residual, int elu,
+                                          int io_alignment, int bias_alignment) {
+    cuda_backend_impl *impl = cuda_impl(be);
+    cuda_conv_plan key;
+    memset(&key, 0, sizeof key);
+    key.desc = *d;
+    key.kind = PLAN_BF16_NHWC;
+    key.direction = CONV_FORWARD;
+    key.precision = NCSN_PRECISION_BF16;
+    key.alignment = io_alignment;
+    key.bias_alignment = d->has_bias ? bias_alignment : 0;
+    key.residual = residual;
+    key.elu = elu ? 1 : 0;
+    key.deterministic = be->deterministic;
+    cuda_conv_plan *p = find_plan(impl, &key);
+    if (p) return p;
+    p = append_plan(impl, &key);
+
+    cuda_conv_bf16_variant order[3];
+    int count = 0;
+    if (has_epilogue(p)) {
+        if (residual != RESIDUAL_IN_PLACE || FUSE_IN_PLACE_RESIDUAL) order[count++] = CUDA_CONV_BF16_FUSED;
+        order[count++] = CUDA_CONV_BF16_FP32_OUTPUT;
+        order[count++] = CUDA_CONV_BF16_BF16_OUTPUT;
+    } else {
+        order[count++] = CUDA_CONV_BF16_BF16_OUTPUT;
+        order[count++] = CUDA_CONV_BF16_FP32_OUTPUT;
+    }
+    cudnnStatus_t last_status = CUDNN_STATUS_SUCCESS;
+    p->variant = CUDA_CONV_BF16_VIA_FP32;
+    for (int i = 0; i < count && p->variant == CUDA_CONV_BF16_VIA_FP32; i++)
+        if (build_bf16_nhwc_plan(impl, p, order[i], &last_status)) p->variant = order[i];
+
+    int verbose = getenv("NCSN_CUDA_VERBOSE") != NULL;
+    if (p->variant == CUDA_CONV_BF16_VIA_FP32) {
+        if (!impl->bf16_nhwc_fallback_reported || verbose)
+            fprintf(stderr,
+                    "ncsn: cuda: no cuDNN bf16 NHWC engine for conv N=%d C=%d H=%d W=%d K=%d k=%d dilation=%d "
+                    "(alignment %d B, last status %s); %s convolutions run through fp32 staging in %s, same "
+                    "numerics, slower%s\n",
+                    d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation, io_alignment,
+                    cudnnGetErrorString(last_status), impl->bf16_nhwc_fallback_reported ? "this shape's" : "such",
+                    be->precision == NCSN_PRECISION_FP32 ? "fp32" : "tf32",
+                    impl->bf16_nhwc_fallback_reported ? "" : " (NCSN_CUDA_VERBOSE=1 lists every shape)");
+        impl->bf16_nhwc_fallback_reported = 1;
+        /* Build the fp32 plan that serves the shape and reserve its workspace with the
+         * staging now, so no later (captured) call allocates. That appends to the cache, so
+         * look this entry up again. */
+        size_t offsets[VIA_COUNT], total_bytes;
+        via_fp32_plan(be, d, offsets, &total_bytes);
+        cuda_workspace_reserve(be, total_bytes);
+        p = find_plan(impl, &key);
+        NCSN_CHECKF(p != NULL, "cuda_conv: the bf16 NHWC plan vanished from the cache");
+        return p;
+    }
+    if (p->variant == CUDA_CONV_BF16_BF16_OUTPUT && has_epilogue(p) &&
+        (!impl->bf16_nhwc_double_rounding_reported || verbose)) {
+        fprintf(stderr,
+                "ncsn: cuda: conv N=%d C=%d H=%d W=%d K=%d k=%d dilation=%d: no cuDNN engine fuses its epilogue "
+                "(bias / residual / ELU) or writes fp32; the epilogue runs on the bf16 output (rounded twice: at most "
+                "1 bf16 ulp more)%s\n",
+                d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation,
+                impl->bf16_nhwc_double_rounding_reported ? "" : " (NCSN_CUDA_VERBOSE=1 lists every shape)");
+        impl->bf16_nhwc_double_rounding_reported = 1;
+    }
+    /* Grow the shared workspace now (the eager call), so captured calls never reallocate. */
+    cuda_workspace_reserve(be, plan_workspace_bytes(p));
+    return p;
+}
+
+size_t cuda_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d) {
+    check_conv_desc(d, "conv2d_packed_weights_bytes");
+    size_t bytes = (size_t)d->K * d->C * d->ksize * d->ksize * sizeof(ncsn_bf16);
+    return (bytes + PACKED_WEIGHTS_ALIGN - 1) / PACKED_WEIGHTS_ALIGN * PACKED_WEIGHTS_ALIGN;
+}
+
+static void check_packed_alignment(const void *packed, const char *op) {
+    NCSN_CHECKF((uintptr_t)packed % PACKED_WEIGHTS_ALIGN == 0,
+                "%s: packed weights at %p are not %d-byte aligned (backend.h)", op, packed, PACKED_WEIGHTS_ALIGN);
+}
+
+void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d) {
+    check_conv_desc(d, "conv2d_pack_weights_bf16");
+    NCSN_CHECKF(packed && w, "conv2d_pack_weights_bf16: NULL tensor (packed %p, w %p)", packed, (const void *)w);
+    check_packed_alignment(packed, "conv2d_pack_weights_bf16");
+    /* KCRS fp32 -> KRSC bf16, round to nearest even: the [B][C][S] -> [B][S][C] transpose
+     * with B = K, S = kh * kw. The padding up to the 256-byte multiple is left alone. */
+    ncsn_cuda_channels_first_to_last_bf16(cuda_impl(be)->stream, (uint16_t *)packed, w, d->K, d->C,
+                                          (size_t)d->ksize * d->ksize);
+}
+
+/* Do the byte ranges [a, a + a_bytes) and [b, b + b_bytes) overlap? */
+static int ranges_overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes) {
+    uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
+    return a0 < b0 + b_bytes && b0 < a0 + a_bytes;
+}
+
+void cuda_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                    const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
+    const char *op = "conv2d_forward_bf16";
+    check_conv_desc(d, op);
+    NCSN_CHECKF(out && in && packed_w, "%s: NULL tensor (out %p, in %p, packed_w %p)", op, (void *)out,
+                (const void *)in, packed_w);
+    NCSN_CHECKF(!d->has_bias || b, "%s: has_bias but b is NULL", op);
+    check_packed_alignment(packed_w, op);
+    NCSN_CHECKF((uintptr_t)in % sizeof(ncsn_bf16) == 0 && (uintptr_t)out % sizeof(ncsn_bf16) == 0 &&
+                    (uintptr_t)residual % sizeof(ncsn_bf16) == 0,
+                "%s: bf16 tensors at odd addresses (in %p, out %p, residual %p)", op, (const void *)in, (void *)out,
+                (const void *)residual);
+    NCSN_CHECKF(!d->has_bias || (uintptr_t)b % sizeof(float) == 0, "%s: bias at %p is not 4-byte aligned", op,
+                (const void *)b);
+    /* A convolution reads neighbours of every output position: it cannot run in place, and
+     * the residual (read where it is written) is either out itself or apart from out and in. */
+    size_t in_bytes = slot_count(d, SLOT_X) * sizeof(ncsn_bf16), out_bytes = slot_count(d, SLOT_Y) * sizeof(ncsn_bf16);
+    NCSN_CHECKF(!ranges_overlap(out, out_bytes, in, in_bytes), "%s: out [%p, +%zu B) overlaps in [%p, +%zu B)", op,
+                (void *)out, out_bytes, (const void *)in, in_bytes);
+    int residual_mode = !residual ? RESIDUAL_NONE : residual == out ? RESIDUAL_IN_PLACE : RESIDUAL_SEPARATE;
+    if (residual_mode == RESIDUAL_SEPARATE)
+        NCSN_CHECKF(!ranges_overlap(residual, out_bytes, out, out_bytes) &&
+                        !ranges_overlap(residual, out_bytes, in, in_bytes),
+                    "%s: residual [%p, +%zu B) overlaps out [%p) or in [%p) without being out", op,
+                    (const void *)residual, out_bytes, (void *)out, (const void *)in);
+
+    cuda_backend_impl *impl = cuda_impl(be);
+    int io_alignment = min_int(pointer_alignment(in), pointer_alignment(out));
+    if (residual) io_alignment = min_int(io_alignment, pointer_alignment(residual));
+    cuda_conv_plan *p =
+        get_bf16_nhwc_plan(be, d, residual_mode, elu, io_alignment, d->has_bias ? pointer_alignment(b) : 0);
+    const float *bias = d->has_bias ? b : NULL;
+    size_t rows = (size_t)d->N * d->H * d->W;
+    switch (p->variant) {
+    case CUDA_CONV_BF16_FUSED: {
+        char *workspace = cuda_workspace_reserve(be, plan_workspace_bytes(p));
+        int64_t uids[5] = {UID_X, UID_W, UID_Y};
+        void *pointers[5] = {(void *)in, (void *)packed_w, out};
+        int64_t count = 3;
+        if (bias) uids[count] = UID_B, pointers[count++] = (void *)bias;
+        if (residual) uids[count] = UID_R, pointers[count++] = (void *)residual;
+        execute_tensors(impl, p, count, uids, pointers, workspace);
+        return;
+    }
+    case CUDA_CONV_BF16_FP32_OUTPUT: {
+        char *workspace = cuda_workspace_reserve(be, plan_workspace_bytes(p));
+        float *staged = (float *)(workspace + round_up((size_t)p->workspace_bytes));
+        execute_variant_pack(impl, p, (void *)in, (void *)packed_w, staged, workspace);
+        ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, staged, 0, bias, residual, elu, rows, d->K);
+        return;
+    }
+    case CUDA_CONV_BF16_BF16_OUTPUT: {
+        char *workspace = cuda_workspace_reserve(be, plan_workspace_bytes(p));
+        ncsn_bf16 *conv_out =
+            bf16_output_staged(p) ? (ncsn_bf16 *)(workspace + round_up((size_t)p->workspace_bytes)) : out;
+        execute_variant_pack(impl, p, (void *)in, (void *)packed_w, conv_out, workspace);
+        if (has_epilogue(p))
+            ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, conv_out, 1, bias, residual, elu, rows, d->K);
+        return;
+    }
+    case CUDA_CONV_BF16_VIA_FP32:
+        forward_bf16_via_fp32(be, out, in, packed_w, bias, residual, elu, d); /* p is dead: the cache may move */
+        return;
+    default:
+        ncsn_die("%s: plan variant %d", op, (int)p->variant);
+    }
+}
+
+void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                              const float *b, const ncsn_conv_desc *d) {
+    cuda_conv2d_forward_bf16_fused(be, out, in, packed_w, b, NULL, 0, d);
+}
+
+cuda_conv_bf16_variant cuda_conv_bf16_inference_variant(ncsn_backend *be, const ncsn_conv_desc *d, int residual,
+                                                        int elu, int io_alignment, int bias_alignment) {
+    check_conv_desc(d, "cuda_conv_bf16_inference_variant");
+    NCSN_CHECKF(residual == RESIDUAL_NONE || residual == RESIDUAL_SEPARATE || residual == RESIDUAL_IN_PLACE,
+                "cuda_conv_bf16_inference_variant: residual %d (0 none, 1 separate, 2 out itself)", residual);
+    NCSN_CHECKF(io_alignment == 2 || io_alignment == 4 || io_alignment == 8 || io_alignment == 16,
+                "cuda_conv_bf16_inference_variant: io_alignment %d (2, 4, 8 or 16)", io_alignment);
+    NCSN_CHECKF(!d->has_bias || bias_alignment == 4 || bias_alignment == 8 || bias_alignment == 16,
+                "cuda_conv_bf16_inference_variant: bias_alignment %d (4, 8 or 16)", bias_alignment);
+    return get_bf16_nhwc_plan(be, d, residual, elu, io_alignment, bias_alignment)->variant;
 }
 
 void cuda_conv_destroy(cuda_backend_impl *impl) {

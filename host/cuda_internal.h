@@ -129,6 +129,10 @@ typedef struct {
     /* BF16: set once a shape had no cuDNN bf16 engine and fell back to TF32, so that the
      * one-line note is printed once (NCSN_CUDA_VERBOSE lists every shape). */
     int bf16_fallback_reported;
+    /* bf16 NHWC inference convolutions (conv2d_forward_bf16): set once a shape ran through
+     * the fp32 path (no bf16 engine at all), resp. once an epilogue (bias, residual, ELU) ran
+     * on a bf16 output (a second rounding), so each one-line note is printed once. */
+    int bf16_nhwc_fallback_reported, bf16_nhwc_double_rounding_reported;
 } cuda_backend_impl;
 
 static inline cuda_backend_impl *cuda_impl(ncsn_backend *be) { return (cuda_backend_impl *)be->impl; }
@@ -156,7 +160,45 @@ size_t cuda_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *
 void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
 void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
                               const float *b, const ncsn_conv_desc *d);
+/* out = bf16(act(conv(in, w) + b + residual)) (backend.h conv2d_forward_bf16_fused); the
+ * plain forward above is this with residual NULL and elu 0. */
+void cuda_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                                    const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
+/* How the bf16 NHWC forward runs a shape (cuda_conv.c's header comment has the details). The
+ * epilogue is what follows the convolution: the bias, the residual, the ELU, as present. */
+typedef enum {
+    CUDA_CONV_BF16_FUSED = 0,   /* one cuDNN graph: conv -> fp32 -> epilogue -> bf16 */
+    CUDA_CONV_BF16_FP32_OUTPUT, /* cuDNN writes fp32 NHWC; a kernel runs the epilogue, rounds */
+    CUDA_CONV_BF16_BF16_OUTPUT, /* cuDNN writes bf16 NHWC; a kernel runs any epilogue on it
+                                   (then a second rounding, announced once) */
+    CUDA_CONV_BF16_VIA_FP32,    /* no bf16 engine: fp32 NCHW staging, the TF32 / FP32 plan */
+    CUDA_CONV_BF16_VARIANT_COUNT
+} cuda_conv_bf16_variant;
+/* The variant the bf16 NHWC forward uses for `d` (building its plan if needed) with a
+ * residual (0 none, 1 a separate tensor, 2 out itself), the ELU (0 / 1), in / out / residual
+ * pointers `io_alignment`-byte aligned and the bias `bias_alignment`-byte aligned (2, 4, 8
+ * or 16; arena tensors with C, K multiples of 8 are 16), and its name ("fused",
+ * "fp32-output", "bf16-output", "via-fp32"). For tests and benchmarks that report what each
+ * shape got. */
+cuda_conv_bf16_variant cuda_conv_bf16_inference_variant(ncsn_backend *be, const ncsn_conv_desc *d, int residual,
+                                                        int elu, int io_alignment, int bias_alignment);
+const char *cuda_conv_bf16_variant_name(cuda_conv_bf16_variant v);
 #endif /* !__CUDACC__ */
+
+/* ---- kernels/convert.cu launchers for the bf16 NHWC inference convolution (cuda_conv.c);
+ *      the staging launchers it shares with the BF16 training path are in
+ *      kernels/cuda_launch.h ---- */
+/* The epilogue of an unfused bf16 NHWC convolution, for r < rows (= N*H*W), k < K:
+ *   dst[r][k] = bf16(act(src[r][k] + bias[k] + residual[r][k])), act = ELU if elu,
+ * summed in fp32 in that order and rounded once (ncsn_bf16_from_float). bias and residual may
+ * be NULL (no add). src is fp32 (src_is_bf16 = 0, a staging copy) or bf16 (src_is_bf16 = 1).
+ * Each element is read before it is written by the same thread, so dst may equal src (bf16)
+ * or residual. */
+void ncsn_cuda_nhwc_epilogue_bf16(cudaStream_t stream, ncsn_bf16 *dst, const void *src, int src_is_bf16,
+                                  const float *bias, const ncsn_bf16 *residual, int elu, size_t rows, int K);
+/* dst[b][s][c] = src[b][c][s], fp32 both (the fp32 twin of ncsn_cuda_channels_first_to_last_bf16
+ * in kernels/cuda_launch.h: the fallback's fp32 NCHW output into NHWC for the epilogue). */
+void ncsn_cuda_channels_first_to_last_f32(cudaStream_t stream, float *dst, const float *src, int B, int C, size_t S);
 
 #ifdef __cplusplus
 }

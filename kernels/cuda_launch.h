@@ -128,6 +128,34 @@ void ncsn_cuda_channels_first_to_last_bf16(cudaStream_t stream, uint16_t *dst, c
 void ncsn_cuda_channels_last_to_first_f32(cudaStream_t stream, float *dst, const void *src, int src_is_bf16, int B,
                                           int C, size_t S, int accumulate);
 
+/* ---- bf16 NHWC inference (backend.h "inference in bf16 NHWC"): act_bf16.cu and, for
+ *      InstanceNorm++, norms.cu. Activations are ncsn_bf16 [N, H, W, C]; sizes are the
+ *      logical N, C, H, W of the INPUT as in backend.h; n counts elements. Each launcher
+ *      picks 16-byte vector access when C % 8 == 0 and its pointers are 16-byte aligned,
+ *      element access otherwise (same results). ---- */
+void ncsn_cuda_elu_forward_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *x, size_t n);
+void ncsn_cuda_add_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *a, const ncsn_bf16 *b, size_t n);
+void ncsn_cuda_accumulate_bf16(cudaStream_t stream, ncsn_bf16 *y, const ncsn_bf16 *x, size_t n);
+void ncsn_cuda_mean_pool2_forward_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                       int W);
+void ncsn_cuda_avg_pool5_forward_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                      int W);
+void ncsn_cuda_max_pool5_forward_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H,
+                                      int W);
+void ncsn_cuda_resize_bilinear_forward_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C,
+                                            int H, int W, int Ho, int Wo);
+/* out[n, h, w, c] = bf16(x[n, c, h, w] * scale + shift) */
+void ncsn_cuda_bf16_from_nchw(cudaStream_t stream, ncsn_bf16 *out, const float *x, float scale, float shift, int N,
+                              int C, int H, int W);
+/* out[n, c, h, w] = x[n, h, w, c] / sigmas[labels[n]], or x when sigmas is NULL */
+void ncsn_cuda_nchw_from_bf16(cudaStream_t stream, float *out, const ncsn_bf16 *x, const float *sigmas,
+                              const int32_t *labels, int N, int C, int H, int W);
+/* norms.cu; stats as the fp32 op (NCSN_NORM_STATS_COUNT), written in fp32. */
+void ncsn_cuda_instance_norm_plus_forward_bf16(cudaStream_t stream, ncsn_bf16 *out, const ncsn_bf16 *x,
+                                               const float *gamma, const float *alpha, const float *beta,
+                                               int param_stride, const int32_t *labels, float *stats, int N, int C,
+                                               int H, int W, int elu);
+
 #ifdef __cplusplus
 }
 #endif
@@ -166,6 +194,81 @@ static inline __device__ double ncsn_cuda_block_sum(double v) {
     double result = total;
     __syncthreads();
     return result;
+}
+
+/* align_corners=True bilinear source taps (PyTorch's upsample_bilinear2d): the scale is
+ * (in - 1) / (out - 1) in float, 0 for a single output (every output reads index 0); output
+ * index dst reads i0 = floor(scale * dst) (clamped: the rounding of scale * dst must not
+ * pass the edge) and i1 = i0 + 1, or i0 again at the last index. (pooling.cu still has its
+ * own copy of these under the unprefixed names.) */
+typedef struct {
+    int i0, i1;
+    float w0, w1;
+} ncsn_bilinear_taps;
+
+static inline __device__ float ncsn_cuda_align_corners_scale(int in_size, int out_size) {
+    return out_size > 1 ? (float)(in_size - 1) / (float)(out_size - 1) : 0.0f;
+}
+
+static inline __device__ ncsn_bilinear_taps ncsn_cuda_bilinear_source(float scale, int dst, int in_size) {
+    float src = scale * (float)dst;
+    ncsn_bilinear_taps t;
+    t.i0 = min((int)src, in_size - 1);
+    t.i1 = t.i0 + (t.i0 < in_size - 1 ? 1 : 0);
+    t.w1 = src - (float)t.i0;
+    t.w0 = 1.0f - t.w1;
+    return t;
+}
+
+/* bf16 runs: up to 8 consecutive bf16 elements (8 channels of one NHWC pixel, or a chunk of
+ * a flat tensor), `count` of which exist (count <= 0: none; missing ones read as 0 and are
+ * not written). With `vector` and a full run, one 16-byte access moves all 8; the caller
+ * guarantees that the address is then 16-byte aligned. Element 0 is the low half of the
+ * first 32-bit word (little-endian), as in memory. */
+static inline __device__ void ncsn_cuda_load8_bf16(ncsn_bf16 h[8], const ncsn_bf16 *p, int count, int vector) {
+    if (vector && count == 8) {
+        uint4 u = *(const uint4 *)p;
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            h[2 * k] = (ncsn_bf16)(w[k] & 0xffffu);
+            h[2 * k + 1] = (ncsn_bf16)(w[k] >> 16);
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) h[k] = k < count ? p[k] : (ncsn_bf16)0;
+    }
+}
+
+static inline __device__ void ncsn_cuda_store8_bf16(ncsn_bf16 *p, const ncsn_bf16 h[8], int count, int vector) {
+    if (vector && count == 8) {
+        uint4 u;
+        u.x = (uint32_t)h[0] | (uint32_t)h[1] << 16;
+        u.y = (uint32_t)h[2] | (uint32_t)h[3] << 16;
+        u.z = (uint32_t)h[4] | (uint32_t)h[5] << 16;
+        u.w = (uint32_t)h[6] | (uint32_t)h[7] << 16;
+        *(uint4 *)p = u;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (k < count) p[k] = h[k];
+    }
+}
+
+/* The same runs as fp32 values: bf16 -> fp32 is exact; fp32 -> bf16 is the one rounding of
+ * each bf16 op (ncsn_bf16_from_float, round to nearest even, as the CPU backend). */
+static inline __device__ void ncsn_cuda_load8_f32(float v[8], const ncsn_bf16 *p, int count, int vector) {
+    ncsn_bf16 h[8];
+    ncsn_cuda_load8_bf16(h, p, count, vector);
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = ncsn_float_from_bf16(h[k]);
+}
+
+static inline __device__ void ncsn_cuda_store8_f32(ncsn_bf16 *p, const float v[8], int count, int vector) {
+    ncsn_bf16 h[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) h[k] = ncsn_bf16_from_float(v[k]);
+    ncsn_cuda_store8_bf16(p, h, count, vector);
 }
 #endif
 

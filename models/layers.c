@@ -193,6 +193,9 @@ static void conv_epilogue_forward(const layer_ctx *c, const conv_layer *l, float
                                   const float *residual, int elu, float *scratch) {
     const size_t n = (size_t)c->N * plane(l->K, l->H, l->W);
     if (c->packed) {
+        /* The call lists keep the residual apart from the output in bf16 inference: cuDNN
+         * documents no aliasing between a fused graph's tensors. */
+        NCSN_CHECK(residual != out);
         ncsn_conv_desc d = conv_desc(c, l);
         ncsn_conv2d_forward_bf16_fused(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed,
                                        d.has_bias ? c->params + l->b : NULL, residual ? cbf16_of(residual) : NULL,
@@ -372,8 +375,8 @@ void res_block_forward(const layer_ctx *c, const res_block *r, const float *x) {
         act_accumulate(c, out, c->tmp[1], n_out);
         break;
     case SHORTCUT_DILATED_3X3:
-        conv_forward(c, &r->conv2, out, a2);
-        conv_epilogue_forward(c, &r->shortcut_conv, out, x, out, 0, c->tmp[0]);
+        conv_forward(c, &r->conv2, c->tmp[0], a2);
+        conv_epilogue_forward(c, &r->shortcut_conv, out, x, c->tmp[0], 0, NULL);
         break;
     }
 }
@@ -472,7 +475,13 @@ float *rcu_forward(const layer_ctx *c, const rcu_block *r, float *x, int elu_out
             const float *xb = (b == 0) ? x : y;
             act_elu(c, e0, xb, n);
             conv_epilogue_forward(c, &r->conv[b][0], e1, e0, NULL, 1, NULL);
-            conv_epilogue_forward(c, &r->conv[b][1], y, e1, xb, elu, c->tmp[0]);
+            /* fp32 keeps the chain in y, adding in place (the backward needs only the ELU
+             * outputs). bf16 inference writes each block's output into its e0 slot, free once
+             * conv 0 has read it, so that no convolution adds into its own residual (cuDNN's
+             * fused epilogue wants them apart); the output then lives there. */
+            float *ob = c->packed ? e0 : y;
+            conv_epilogue_forward(c, &r->conv[b][1], ob, e1, xb, elu, c->tmp[0]);
+            y = ob;
         }
     }
     return y;
@@ -562,7 +571,7 @@ float *crp_forward(const layer_ctx *c, const crp_block *r, float *x, int x_activ
         crp_pool_forward(c, r, p0, a);
     }
     conv_forward(c, &r->convs[0], c0, p0);
-    act_add(c, out, c0, a, n);
+    act_add(c, c->tmp[1], c0, a, n); /* the running sum, until stage 1 adds to it */
     /* stage 1 */
     if (r->conditional) {
         norm_forward(c, &r->norms[1], c->tmp[0], c0);
@@ -570,7 +579,7 @@ float *crp_forward(const layer_ctx *c, const crp_block *r, float *x, int x_activ
     } else {
         crp_pool_forward(c, r, p1, c0);
     }
-    conv_epilogue_forward(c, &r->convs[1], out, p1, out, 0, c->tmp[1]);
+    conv_epilogue_forward(c, &r->convs[1], out, p1, c->tmp[1], 0, NULL);
     return out;
 }
 
@@ -644,7 +653,12 @@ static int msf_same_size(const msf_block *r, int i) { return r->Hin[i] == r->H &
 float *msf_forward(const layer_ctx *c, const msf_block *r, float *const *xs, int elu_out) {
     const size_t n = (size_t)c->N * plane(r->F, r->H, r->W);
     float *out = ctx_slot(c, r->out);
-    NCSN_CHECK(r->n_in <= 2);
+    NCSN_CHECK(r->n_in <= 2 && msf_same_size(r, 0));
+    /* The last op is the convolution of the last same-size input (input 0 always is one):
+     * it applies elu_out. */
+    int last_same = 0;
+    for (int i = 0; i < r->n_in; i++)
+        if (msf_same_size(r, i)) last_same = i;
     int written = 0;
     for (int same_size = 0; same_size <= 1; same_size++) {
         for (int i = 0; i < r->n_in; i++) {
@@ -655,15 +669,15 @@ float *msf_forward(const layer_ctx *c, const msf_block *r, float *const *xs, int
                 norm_forward(c, &r->norms[i], ni, xs[i]);
                 in = ni;
             }
+            /* The partial sum lives in tmp[1]; the last input's convolution adds it into out. */
+            const int last = same_size && i == last_same;
             if (same_size) {
-                /* Input 0 is at the output size (refine_block_build): a same-size conv is last. */
-                const int elu = elu_out && i == r->n_in - 1;
-                conv_epilogue_forward(c, &r->convs[i], out, in, written ? out : NULL, elu, c->tmp[1]);
+                conv_epilogue_forward(c, &r->convs[i], last ? out : c->tmp[1], in, written ? c->tmp[1] : NULL,
+                                      last && elu_out, NULL);
             } else {
-                float *dst = written ? c->tmp[1] : out;
                 conv_forward(c, &r->convs[i], c->tmp[0], in);
-                act_resize(c, dst, c->tmp[0], r->F, r->Hin[i], r->Win[i], r->H, r->W);
-                if (written) act_accumulate(c, out, dst, n);
+                act_resize(c, written ? c->tmp[2] : c->tmp[1], c->tmp[0], r->F, r->Hin[i], r->Win[i], r->H, r->W);
+                if (written) act_accumulate(c, c->tmp[1], c->tmp[2], n);
             }
             written = 1;
         }

@@ -209,8 +209,10 @@ typedef struct {
 
 void rcu_build(net_builder *b, rcu_block *r, const char *name, int conditional, int in_place, int C,
                int n_blocks, int H, int W);
-/* Returns the output (x itself when in place). elu_out: apply the ELU to the output too
- * (bf16 inference: the consumer is a CRP, whose leading ELU moves here). */
+/* Returns the output: x itself when in place, else the output slot; in bf16 inference, the
+ * last block's e0 slot (rcu_forward keeps residuals apart from outputs there). elu_out:
+ * apply the ELU to the output too (bf16 inference: the consumer is a CRP, whose leading ELU
+ * moves here). */
 float *rcu_forward(const layer_ctx *c, const rcu_block *r, float *x, int elu_out);
 /* In place: d holds d(out) on entry and d(x) on exit. x: the forward's input. */
 void rcu_backward(const layer_ctx *c, const rcu_block *r, float *d, const float *x);
@@ -261,7 +263,7 @@ void refine_block_build(net_builder *b, refine_block *r, const char *name, int c
                         const int *Cin, const int *Hin, const int *Win, int F, int H, int W, int start, int end);
 /* xs[1] (the previous RefineBlock's output) may be overwritten in v2. Returns the output. */
 float *refine_block_forward(const layer_ctx *c, const refine_block *r, float *const *xs);
-/* Where the block's output lives after its forward. */
+/* Where the block's output lives after its forward in fp32 (what the backward reads). */
 float *refine_block_output(const layer_ctx *c, const refine_block *r);
 /* d: d(out) on entry (destroyed). dxs[i] receive d(xs[i]) (overwritten); for a start block
  * dxs[0] must be d itself (the chain runs in place). xs: the forward's inputs. Reports each

@@ -24,6 +24,22 @@
  *            relative each), fp32 accumulation: 5e-3 of max|cpu|.
  *   gemm     fp32 sgemm, K up to 3072, different blocking: 2e-5 of max|cpu|.
  *
+ * bf16 NHWC inference ops (outputs compared as values, |gpu - cpu| <= ulps * ulp(cpu) +
+ * stol * max|cpu|, ulp(v) = the bf16 spacing at |v|, 2^-7..2^-8 of |v|; +0 equals -0). Both
+ * backends read the same bf16 inputs and compute each op in fp32 with the same formula, so:
+ *   exact    add, accumulate, the pools, 2x - 1 (every fp32 operation identical on both;
+ *            max pool returns an input element).
+ *   1ulp     ELU (CUDA's expm1f vs the CPU's vectorised expm1: fp32 results a few ulp
+ *            apart, which round to the same or to adjacent bf16 values) and a general
+ *            scale/shift (nvcc fuses x * scale + shift into one FMA, the C build does not).
+ *   resize   1 ulp, plus 1e-6 of max|cpu| for results near zero: the FMA difference is
+ *            relative to the terms, not to a result that cancels them.
+ *   in++     the fp32 op's 1e-5 of max|cpu|, plus 1 ulp for the final rounding landing on
+ *            the other side of a bf16 rounding boundary; the fp32 statistics as `in++`.
+ *   conv     bf16 products are exact in fp32 on both sides; only the order of the fp32
+ *            accumulation differs (cuDNN vs oneDNN): the fp32 conv tolerance (1e-4 of
+ *            max|cpu|) plus 1 ulp for the output rounding.
+ *
  * Without a usable GPU this prints "test-gpu: skipped: <reason>" and exits 0. Setting
  * NCSN_TEST_GPU_CPU_PAIR=1 runs the whole comparison with a second CPU backend in place
  * of the GPU, which checks this test itself on a machine without one.
@@ -58,10 +74,23 @@ static void random_host(float *h, size_t n, uint32_t tag, float lo, float hi) {
     for (size_t i = 0; i < n; i++) h[i] = lo + (hi - lo) * ncsn_rng_uniform(20240611u, NCSN_RNG_TOY, tag, 0, i);
 }
 
+typedef struct {
+    void *c, *g;
+} raw_pair;
+
+/* `bytes` on each backend, copied from the host buffer h, or zero-filled when h is NULL. */
+static raw_pair pair_alloc(const void *h, size_t bytes) {
+    raw_pair r = {ncsn_alloc(cpu, bytes), ncsn_alloc(gpu, bytes)};
+    if (h) {
+        ncsn_copy_to_device(cpu, r.c, h, bytes);
+        ncsn_copy_to_device(gpu, r.g, h, bytes);
+    }
+    return r;
+}
+
 static pair pair_from_host(const float *h, size_t n) {
-    pair p = {ncsn_alloc(cpu, n * sizeof(float)), ncsn_alloc(gpu, n * sizeof(float)), n};
-    ncsn_copy_to_device(cpu, p.c, h, n * sizeof(float));
-    ncsn_copy_to_device(gpu, p.g, h, n * sizeof(float));
+    raw_pair r = pair_alloc(h, n * sizeof(float));
+    pair p = {r.c, r.g, n};
     return p;
 }
 
@@ -73,10 +102,7 @@ static pair pair_random(size_t n, uint32_t tag, float lo, float hi) {
     return p;
 }
 
-static pair pair_zero(size_t n) {
-    pair p = {ncsn_alloc(cpu, n * sizeof(float)), ncsn_alloc(gpu, n * sizeof(float)), n};
-    return p;
-}
+static pair pair_zero(size_t n) { return pair_from_host(NULL, n); }
 
 static void pair_free(pair *p) {
     ncsn_free(cpu, p->c);
@@ -85,9 +111,8 @@ static void pair_free(pair *p) {
 }
 
 static label_pair labels_from_host(const int32_t *h, int n) {
-    label_pair p = {ncsn_alloc(cpu, (size_t)n * sizeof(int32_t)), ncsn_alloc(gpu, (size_t)n * sizeof(int32_t)), n};
-    ncsn_copy_to_device(cpu, p.c, h, (size_t)n * sizeof(int32_t));
-    ncsn_copy_to_device(gpu, p.g, h, (size_t)n * sizeof(int32_t));
+    raw_pair r = pair_alloc(h, (size_t)n * sizeof(int32_t));
+    label_pair p = {r.c, r.g, n};
     return p;
 }
 
@@ -101,49 +126,76 @@ static void labels_free(label_pair *p) {
 typedef struct {
     const char *name;
     double atol, rtol, stol;
+    int bf16_ulps; /* bf16 tensors: also this many bf16 ulps of |cpu| (bf16_ulp) */
 } tolerance;
 
-static const tolerance TOL_EXACT = {"exact", 0, 0, 0};
-static const tolerance TOL_ULP = {"ulp", 0, 1e-6, 1e-6};
-static const tolerance TOL_NORMAL = {"normal", 1e-6, 0, 0};
-static const tolerance TOL_REDUCE = {"reduce", 0, 1e-6, 1e-6};
-static const tolerance TOL_IN_PLUS = {"in++", 0, 1e-5, 1e-5};
-static const tolerance TOL_CONV = {"conv", 0, 1e-4, 1e-4};
-static const tolerance TOL_TF32 = {"tf32", 0, 5e-3, 5e-3};
-static const tolerance TOL_GEMM = {"gemm", 0, 2e-5, 2e-5};
+static const tolerance TOL_EXACT = {"exact", 0, 0, 0, 0};
+static const tolerance TOL_ULP = {"ulp", 0, 1e-6, 1e-6, 0};
+static const tolerance TOL_NORMAL = {"normal", 1e-6, 0, 0, 0};
+static const tolerance TOL_REDUCE = {"reduce", 0, 1e-6, 1e-6, 0};
+static const tolerance TOL_IN_PLUS = {"in++", 0, 1e-5, 1e-5, 0};
+static const tolerance TOL_CONV = {"conv", 0, 1e-4, 1e-4, 0};
+static const tolerance TOL_TF32 = {"tf32", 0, 5e-3, 5e-3, 0};
+static const tolerance TOL_GEMM = {"gemm", 0, 2e-5, 2e-5, 0};
+/* bf16 NHWC ops (see the file comment) */
+static const tolerance TOL_BF16_ULP = {"1ulp", 0, 0, 0, 1};
+static const tolerance TOL_BF16_RESIZE = {"resize", 0, 0, 1e-6, 1};
+static const tolerance TOL_BF16_IN_PLUS = {"in++", 0, 0, 1e-5, 1};
+static const tolerance TOL_BF16_CONV = {"conv", 0, 0, 1e-4, 1};
 
-/* Compares the GPU copy of `p` with the CPU copy, prints one report line, and for a
- * failure the first differing values. */
+/* The spacing of bf16 values at |v| (8 significant bits): 2^(e - 8) for |v| in [2^(e-1), 2^e). */
+static double bf16_ulp(double v) {
+    int e;
+    if (v == 0.0 || !isfinite(v)) return 0.0;
+    frexp(v, &e);
+    return ldexp(1.0, e - 8);
+}
+
+/* Compares host copies hg (GPU) and hc (CPU) of one tensor as values (+0 == -0, equal
+ * infinities agree, a NaN matches only a NaN), prints one report line (for bf16 tensors
+ * with the largest difference in bf16 ulps), and for a failure the first differing values. */
+static int compare_host(const char *op, const char *shape, const float *hc, const float *hg, size_t n, tolerance tol,
+                        int bf16) {
+    double scale = 0.0, max_err = 0.0, max_ulps = 0.0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs((double)hc[i]) > scale && isfinite(hc[i])) scale = fabs((double)hc[i]);
+    size_t bad = 0, first_bad[5];
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)hg[i] - (double)hc[i]), ulp = bf16_ulp(hc[i]);
+        int ok = hg[i] == hc[i] ||
+                 err <= tol.atol + tol.rtol * fabs((double)hc[i]) + tol.stol * scale + tol.bf16_ulps * ulp;
+        if (isnan(hc[i]) || isnan(hg[i])) ok = isnan(hc[i]) && isnan(hg[i]);
+        if (hg[i] == hc[i]) err = 0.0; /* equal infinities */
+        if (!ok) {
+            if (bad < 5) first_bad[bad] = i;
+            bad++;
+            if (!(err > 0.0)) err = INFINITY; /* a NaN or infinity mismatch */
+        }
+        if (err > max_err) max_err = err;
+        if (ok && ulp > 0.0 && err / ulp > max_ulps) max_ulps = err / ulp;
+    }
+    harness_checks++;
+    if (bad) harness_failures++;
+    char ulps[32] = "";
+    if (bf16) snprintf(ulps, sizeof ulps, " (max %.2g ulp)", max_ulps);
+    printf("%-38s %-28s %10.3e %10.3e  %-7s %s%s\n", op, shape, max_err, scale > 0 ? max_err / scale : max_err,
+           tol.name, bad ? "FAIL" : "PASS", ulps);
+    for (size_t k = 0; k < bad && k < 5; k++)
+        printf("    [%zu] gpu %.9g cpu %.9g (err %.3g)\n", first_bad[k], hg[first_bad[k]], hc[first_bad[k]],
+               fabs((double)hg[first_bad[k]] - (double)hc[first_bad[k]]));
+    if (bad) printf("    %zu of %zu elements outside tolerance (max|cpu| %.3e)\n", bad, n, scale);
+    return bad == 0;
+}
+
 static int compare(const char *op, const char *shape, const pair *p, tolerance tol) {
     size_t n = p->n;
     float *hc = ncsn_xmalloc(n * sizeof(float)), *hg = ncsn_xmalloc(n * sizeof(float));
     ncsn_copy_to_host(cpu, hc, p->c, n * sizeof(float));
     ncsn_copy_to_host(gpu, hg, p->g, n * sizeof(float));
-    double scale = 0.0, max_err = 0.0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs((double)hc[i]) > scale) scale = fabs((double)hc[i]);
-    size_t bad = 0, first_bad[5];
-    for (size_t i = 0; i < n; i++) {
-        double err = fabs((double)hg[i] - (double)hc[i]);
-        int ok = err <= tol.atol + tol.rtol * fabs((double)hc[i]) + tol.stol * scale;
-        if (isnan(hc[i]) || isnan(hg[i])) ok = isnan(hc[i]) && isnan(hg[i]);
-        if (!ok) {
-            if (bad < 5) first_bad[bad] = i;
-            bad++;
-        }
-        if (err > max_err || err != err) max_err = err;
-    }
-    harness_checks++;
-    if (bad) harness_failures++;
-    printf("%-38s %-28s %10.3e %10.3e  %-7s %s\n", op, shape, max_err, scale > 0 ? max_err / scale : max_err, tol.name,
-           bad ? "FAIL" : "PASS");
-    for (size_t k = 0; k < bad && k < 5; k++)
-        printf("    [%zu] gpu %.9g cpu %.9g (err %.3g)\n", first_bad[k], hg[first_bad[k]], hc[first_bad[k]],
-               fabs((double)hg[first_bad[k]] - (double)hc[first_bad[k]]));
-    if (bad) printf("    %zu of %zu elements outside tolerance (max|cpu| %.3e)\n", bad, n, scale);
+    int ok = compare_host(op, shape, hc, hg, n, tol, 0);
     free(hc);
     free(hg);
-    return bad == 0;
+    return ok;
 }
 
 /* ---- memory ---- */
@@ -262,6 +314,16 @@ static void test_in_plus(int N, int C, int H, int W, int levels, const int32_t *
                                     labels.g, stats.g, N, C, H, W, 0);
     compare("instance_norm_plus_forward (out)", shape, &out, TOL_IN_PLUS);
     compare("instance_norm_plus_forward (stats)", shape, &stats, TOL_IN_PLUS);
+    /* The fused ELU (elu = 1), into its own buffer: the backward below reads these stats. The
+     * ELU's slope is at most 1, so the fp32 tolerance carries over. */
+    pair out_elu = pair_zero(n), stats_elu = pair_zero(nstats);
+    ncsn_instance_norm_plus_forward(cpu, out_elu.c, x.c, params.c, params.c + alpha_off, params.c + beta_off, stride,
+                                    labels.c, stats_elu.c, N, C, H, W, 1);
+    ncsn_instance_norm_plus_forward(gpu, out_elu.g, x.g, params.g, params.g + alpha_off, params.g + beta_off, stride,
+                                    labels.g, stats_elu.g, N, C, H, W, 1);
+    compare("instance_norm_plus_forward elu=1", shape, &out_elu, TOL_IN_PLUS);
+    pair_free(&out_elu);
+    pair_free(&stats_elu);
 
     pair dout = pair_random(n, 202, -1.0f, 1.0f), dx = pair_random(n, 203, -1.0f, 1.0f);
     pair dparams = pair_random(nparams, 204, -0.1f, 0.1f); /* non-zero: must accumulate */
@@ -677,7 +739,7 @@ static void test_chain_graph(void) {
     pair x = {c.x, g.x, n};
     /* 12 steps of x <- (1 - a) x + sqrt(2a) z: each step's normals agree to ~1e-6 (TOL_NORMAL)
      * and the contraction keeps the errors from growing: 1e-5 absolute is ample. */
-    const tolerance tol_chain = {"chain", 1e-5, 1e-6, 0};
+    const tolerance tol_chain = {"chain", 1e-5, 1e-6, 0, 0};
     compare(captured ? "ALD step: graph x12 vs cpu" : "ALD step: direct x12 vs cpu (no graphs)", "4x3x16x16", &x,
             tol_chain);
     uint32_t sc[NCSN_CHAIN_STATE_COUNT], sg[NCSN_CHAIN_STATE_COUNT];
@@ -719,6 +781,290 @@ static void test_gemm_and_norm(int M, int Nc, int K) {
     pair_free(&sum);
 }
 
+/* ---- inference in bf16 NHWC (shapes printed N x H x W x C) ---- */
+
+typedef struct {
+    ncsn_bf16 *c, *g; /* the same bf16 tensor on the CPU and on the GPU backend */
+    size_t n;
+} bpair;
+
+static bpair bpair_from_host(const ncsn_bf16 *h, size_t n) {
+    raw_pair r = pair_alloc(h, n * sizeof(ncsn_bf16));
+    bpair p = {r.c, r.g, n};
+    return p;
+}
+
+/* Uniform in [lo, hi), rounded to bf16 (the values a bf16 network carries). */
+static bpair bpair_random(size_t n, uint32_t tag, float lo, float hi) {
+    float *f = ncsn_xmalloc(n * sizeof(float));
+    ncsn_bf16 *h = ncsn_xmalloc(n * sizeof(ncsn_bf16));
+    random_host(f, n, tag, lo, hi);
+    for (size_t i = 0; i < n; i++) h[i] = ncsn_bf16_from_float(f[i]);
+    bpair p = bpair_from_host(h, n);
+    free(f);
+    free(h);
+    return p;
+}
+
+static bpair bpair_zero(size_t n) { return bpair_from_host(NULL, n); }
+
+static void bpair_free(bpair *p) {
+    ncsn_free(cpu, p->c);
+    ncsn_free(gpu, p->g);
+    p->c = p->g = NULL;
+}
+
+/* compare() for bf16 tensors, on their exact fp32 values. */
+static int compare_bf16(const char *op, const char *shape, const bpair *p, tolerance tol) {
+    size_t n = p->n;
+    ncsn_bf16 *h = ncsn_xmalloc(n * sizeof(ncsn_bf16));
+    float *hc = ncsn_xmalloc(n * sizeof(float)), *hg = ncsn_xmalloc(n * sizeof(float));
+    ncsn_copy_to_host(cpu, h, p->c, n * sizeof(ncsn_bf16));
+    for (size_t i = 0; i < n; i++) hc[i] = ncsn_float_from_bf16(h[i]);
+    ncsn_copy_to_host(gpu, h, p->g, n * sizeof(ncsn_bf16));
+    for (size_t i = 0; i < n; i++) hg[i] = ncsn_float_from_bf16(h[i]);
+    int ok = compare_host(op, shape, hc, hg, n, tol, 1);
+    free(h);
+    free(hc);
+    free(hg);
+    return ok;
+}
+
+/* Tensors start `off` elements into their allocations: off = 1 leaves them 2-byte aligned,
+ * which sends the CUDA kernels down their element-by-element path instead of the 16-byte
+ * vectors (the compared buffers include the untouched leading elements). */
+static void test_bf16_elementwise(size_t n, size_t off) {
+    char shape[48];
+    snprintf(shape, sizeof shape, "%zu%s", n, off ? " +2B" : "");
+    bpair x = bpair_random(n + off, 1400, -4.0f, 3.0f), b = bpair_random(n + off, 1401, -2.0f, 2.0f);
+    bpair out = bpair_zero(n + off);
+    ncsn_elu_forward_bf16(cpu, out.c + off, x.c + off, n);
+    ncsn_elu_forward_bf16(gpu, out.g + off, x.g + off, n);
+    compare_bf16("elu_forward_bf16", shape, &out, TOL_BF16_ULP);
+    ncsn_add_bf16(cpu, out.c + off, x.c + off, b.c + off, n);
+    ncsn_add_bf16(gpu, out.g + off, x.g + off, b.g + off, n);
+    compare_bf16("add_bf16", shape, &out, TOL_EXACT);
+    ncsn_accumulate_bf16(cpu, out.c + off, b.c + off, n);
+    ncsn_accumulate_bf16(gpu, out.g + off, b.g + off, n);
+    compare_bf16("accumulate_bf16", shape, &out, TOL_EXACT);
+    /* in place, as the models call ELU */
+    ncsn_elu_forward_bf16(cpu, out.c + off, out.c + off, n);
+    ncsn_elu_forward_bf16(gpu, out.g + off, out.g + off, n);
+    compare_bf16("elu_forward_bf16 (in place)", shape, &out, TOL_BF16_ULP);
+    bpair_free(&x);
+    bpair_free(&b);
+    bpair_free(&out);
+}
+
+/* special: 0 plain, 1 ties (three values: most max windows hold several equal maxima),
+ * 2 with NaN and infinities sprinkled in (every op must propagate them as its fp32 twin). */
+static void test_bf16_pools(int N, int C, int H, int W, int special, size_t off) {
+    static const char *names[] = {"", " ties", " nan/inf"};
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d%s%s", N, H, W, C, names[special], off ? " +2B" : "");
+    size_t n = (size_t)N * C * H * W;
+    float *f = ncsn_xmalloc((n + off) * sizeof(float));
+    ncsn_bf16 *h = ncsn_xmalloc((n + off) * sizeof(ncsn_bf16));
+    random_host(f, n + off, 1500, -2.0f, 2.0f);
+    for (size_t i = 0; i < n + off; i++) {
+        if (special == 1) f[i] = floorf(f[i] + 2.0f) < 1.0f ? 0.0f : (f[i] < 1.0f ? 1.0f : 2.0f);
+        if (special == 2 && i % 97 == 5) f[i] = NAN;
+        if (special == 2 && i % 89 == 7) f[i] = i % 2 ? INFINITY : -INFINITY;
+        h[i] = ncsn_bf16_from_float(f[i]);
+    }
+    bpair in = bpair_from_host(h, n + off), out = bpair_zero(n + off);
+    free(f);
+    free(h);
+    if (H % 2 == 0 && W % 2 == 0) {
+        bpair pooled = bpair_zero(n / 4 + off);
+        ncsn_mean_pool2_forward_bf16(cpu, pooled.c + off, in.c + off, N, C, H, W);
+        ncsn_mean_pool2_forward_bf16(gpu, pooled.g + off, in.g + off, N, C, H, W);
+        compare_bf16("mean_pool2_forward_bf16", shape, &pooled, TOL_EXACT);
+        bpair_free(&pooled);
+    }
+    ncsn_avg_pool5_forward_bf16(cpu, out.c + off, in.c + off, N, C, H, W);
+    ncsn_avg_pool5_forward_bf16(gpu, out.g + off, in.g + off, N, C, H, W);
+    compare_bf16("avg_pool5_forward_bf16", shape, &out, TOL_EXACT);
+    ncsn_max_pool5_forward_bf16(cpu, out.c + off, in.c + off, N, C, H, W);
+    ncsn_max_pool5_forward_bf16(gpu, out.g + off, in.g + off, N, C, H, W);
+    compare_bf16("max_pool5_forward_bf16", shape, &out, TOL_EXACT);
+    bpair_free(&in);
+    bpair_free(&out);
+}
+
+static void test_bf16_resize(int N, int C, int H, int W, int Ho, int Wo, size_t off) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d -> %dx%d%s", N, H, W, C, Ho, Wo, off ? " +2B" : "");
+    size_t n = (size_t)N * C * H * W, no = (size_t)N * C * Ho * Wo;
+    bpair in = bpair_random(n + off, 1600, -1.0f, 1.0f), out = bpair_zero(no + off);
+    ncsn_resize_bilinear_forward_bf16(cpu, out.c + off, in.c + off, N, C, H, W, Ho, Wo);
+    ncsn_resize_bilinear_forward_bf16(gpu, out.g + off, in.g + off, N, C, H, W, Ho, Wo);
+    compare_bf16("resize_bilinear_forward_bf16", shape, &out, Ho == H && Wo == W ? TOL_EXACT : TOL_BF16_RESIZE);
+    bpair_free(&in);
+    bpair_free(&out);
+}
+
+/* As test_in_plus, on bf16 NHWC (levels = 0: unconditional). */
+static void test_bf16_in_plus(int N, int C, int H, int W, int levels, const int32_t *label_values, int elu,
+                              size_t off) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d %s%s%s", N, H, W, C, levels ? "cond" : "uncond", elu ? " elu" : "",
+             off ? " +2B" : "");
+    size_t n = (size_t)N * C * H * W, nstats = NCSN_NORM_STATS_COUNT(N, C);
+    int stride = levels ? 3 * C : 0;
+    size_t nparams = levels ? (size_t)levels * 3 * C : 3 * (size_t)C;
+    float *h = ncsn_xmalloc(nparams * sizeof(float));
+    random_host(h, nparams, 1700, 0.5f, 1.5f);
+    for (size_t r = 0; r < (levels ? (size_t)levels : 1); r++)
+        for (int c = 0; c < C; c++) h[r * 3 * C + 2 * C + c] -= 1.0f; /* beta in [-0.5, 0.5) */
+    pair params = pair_from_host(h, nparams);
+    free(h);
+    bpair x = bpair_random(n + off, 1701, -1.0f, 2.0f), out = bpair_zero(n + off);
+    pair stats = pair_zero(nstats);
+    label_pair labels = {NULL, NULL, 0};
+    if (levels) labels = labels_from_host(label_values, N);
+    const size_t alpha_off = (size_t)C, beta_off = 2 * (size_t)C;
+    ncsn_instance_norm_plus_forward_bf16(cpu, out.c + off, x.c + off, params.c, params.c + alpha_off,
+                                         params.c + beta_off, stride, labels.c, stats.c, N, C, H, W, elu);
+    ncsn_instance_norm_plus_forward_bf16(gpu, out.g + off, x.g + off, params.g, params.g + alpha_off,
+                                         params.g + beta_off, stride, labels.g, stats.g, N, C, H, W, elu);
+    compare_bf16("instance_norm_plus_forward_bf16 (out)", shape, &out, TOL_BF16_IN_PLUS);
+    compare("instance_norm_plus_forward_bf16 (stats)", shape, &stats, TOL_IN_PLUS);
+    if (levels) labels_free(&labels);
+    pair_free(&params);
+    pair_free(&stats);
+    bpair_free(&x);
+    bpair_free(&out);
+}
+
+/* The network's boundaries: its input (2x - 1 into bf16 NHWC) and its output (fp32 NCHW,
+ * divided by sigma or not). */
+static void test_bf16_boundaries(int N, int C, int H, int W, size_t off) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d%s", N, H, W, C, off ? " +2B/+4B" : "");
+    size_t n = (size_t)N * C * H * W;
+    pair x = pair_random(n + off, 1800, 0.0f, 1.0f), back = pair_zero(n + off);
+    bpair y = bpair_zero(n + off);
+    ncsn_bf16_from_nchw(cpu, y.c + off, x.c + off, 2.0f, -1.0f, N, C, H, W);
+    ncsn_bf16_from_nchw(gpu, y.g + off, x.g + off, 2.0f, -1.0f, N, C, H, W);
+    compare_bf16("bf16_from_nchw (2x - 1)", shape, &y, TOL_EXACT);
+    ncsn_nchw_from_bf16(cpu, back.c + off, y.c + off, NULL, NULL, N, C, H, W);
+    ncsn_nchw_from_bf16(gpu, back.g + off, y.g + off, NULL, NULL, N, C, H, W);
+    compare("nchw_from_bf16", shape, &back, TOL_EXACT);
+    const int32_t hl[8] = {3, 0, 9, 3, 1, 7, 2, 5};
+    NCSN_CHECKF(N <= 8, "test_bf16_boundaries: N=%d > 8 labels", N);
+    label_pair labels = labels_from_host(hl, N);
+    pair sigmas = pair_random(10, 1801, 0.01f, 50.0f);
+    ncsn_nchw_from_bf16(cpu, back.c + off, y.c + off, sigmas.c, labels.c, N, C, H, W);
+    ncsn_nchw_from_bf16(gpu, back.g + off, y.g + off, sigmas.g, labels.g, N, C, H, W);
+    compare("nchw_from_bf16 (/ sigma)", shape, &back, TOL_EXACT);
+    ncsn_bf16_from_nchw(cpu, y.c + off, x.c + off, 0.7f, 0.3f, N, C, H, W);
+    ncsn_bf16_from_nchw(gpu, y.g + off, x.g + off, 0.7f, 0.3f, N, C, H, W);
+    compare_bf16("bf16_from_nchw (0.7x + 0.3)", shape, &y, TOL_BF16_ULP);
+    labels_free(&labels);
+    pair_free(&sigmas);
+    pair_free(&x);
+    pair_free(&back);
+    bpair_free(&y);
+}
+
+/* Each backend packs the same fp32 weights into its own layout (they differ), then both
+ * convolve the same bf16 input. */
+static void test_bf16_conv(ncsn_conv_desc d) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d K%d k%d d%d%s", d.N, d.H, d.W, d.C, d.K, d.ksize, d.dilation,
+             d.has_bias ? " b" : "");
+    size_t nin = (size_t)d.N * d.C * d.H * d.W, nout = (size_t)d.N * d.K * d.H * d.W;
+    size_t nw = (size_t)d.K * d.C * d.ksize * d.ksize;
+    float bound = 1.0f / sqrtf((float)(d.C * d.ksize * d.ksize));
+    bpair x = bpair_random(nin, 1900, -1.0f, 1.0f), y = bpair_zero(nout);
+    pair w = pair_random(nw, 1901, -bound, bound), b = pair_random(d.K, 1902, -bound, bound);
+    size_t bytes_c = ncsn_conv2d_packed_weights_bytes(cpu, &d), bytes_g = ncsn_conv2d_packed_weights_bytes(gpu, &d);
+    int sizes_ok = bytes_c % 256 == 0 && bytes_g % 256 == 0 && bytes_c >= nw * sizeof(ncsn_bf16) &&
+                   bytes_g >= nw * sizeof(ncsn_bf16);
+    harness_checks++;
+    if (!sizes_ok) harness_failures++;
+    printf("%-38s %-28s %10zu %10zu  %-7s %s\n", "conv2d_packed_weights_bytes (cpu, gpu)", shape, bytes_c, bytes_g,
+           "256x", sizes_ok ? "PASS" : "FAIL");
+    void *packed_c = ncsn_alloc(cpu, bytes_c), *packed_g = ncsn_alloc(gpu, bytes_g);
+    ncsn_conv2d_pack_weights_bf16(cpu, packed_c, w.c, &d);
+    ncsn_conv2d_pack_weights_bf16(gpu, packed_g, w.g, &d);
+    ncsn_conv2d_forward_bf16(cpu, y.c, x.c, packed_c, d.has_bias ? b.c : NULL, &d);
+    ncsn_conv2d_forward_bf16(gpu, y.g, x.g, packed_g, d.has_bias ? b.g : NULL, &d);
+    compare_bf16("conv2d_forward_bf16 (packed)", shape, &y, TOL_BF16_CONV);
+    ncsn_free(cpu, packed_c);
+    ncsn_free(gpu, packed_g);
+    bpair_free(&x);
+    bpair_free(&y);
+    pair_free(&w);
+    pair_free(&b);
+}
+
+/* A missing bf16 op would crash the comparisons: check both tables first. */
+static int bf16_ops_present(const ncsn_backend *be) {
+    const ncsn_backend_ops *o = be->ops;
+    return o->conv2d_packed_weights_bytes && o->conv2d_pack_weights_bf16 && o->conv2d_forward_bf16 &&
+           o->instance_norm_plus_forward_bf16 && o->elu_forward_bf16 && o->add_bf16 && o->accumulate_bf16 &&
+           o->mean_pool2_forward_bf16 && o->avg_pool5_forward_bf16 && o->max_pool5_forward_bf16 &&
+           o->resize_bilinear_forward_bf16 && o->bf16_from_nchw && o->nchw_from_bf16;
+}
+
+static void test_bf16_all(void) {
+    int present = bf16_ops_present(cpu) && bf16_ops_present(gpu);
+    if (!present) {
+        harness_checks++;
+        harness_failures++;
+        printf("%-38s %-28s %10s %10s  %-7s FAIL (cpu %s, %s %s)\n", "bf16 ops present", "13 ops", "-", "-", "exact",
+               bf16_ops_present(cpu) ? "all" : "missing", gpu->ops->name, bf16_ops_present(gpu) ? "all" : "missing");
+        return;
+    }
+    /* CIFAR-10 NCSNv2 activations (128x32x32, 256x16x16, 256x8x8), a flat odd size on the
+     * element path, and a tiny tail-only one. */
+    test_bf16_elementwise(2 * 128 * 32 * 32, 0);
+    test_bf16_elementwise(100003, 1);
+    test_bf16_elementwise(7, 0);
+
+    test_bf16_pools(2, 128, 32, 32, 0, 0);
+    test_bf16_pools(5, 256, 8, 8, 0, 0);
+    test_bf16_pools(2, 128, 16, 16, 0, 1); /* C = 128 on the element path */
+    test_bf16_pools(3, 5, 7, 9, 0, 0);
+    test_bf16_pools(1, 2, 3, 2, 0, 0); /* planes smaller than the 5x5 window */
+    test_bf16_pools(2, 24, 10, 12, 1, 0);
+    test_bf16_pools(2, 16, 9, 10, 2, 0);
+
+    test_bf16_resize(3, 256, 8, 8, 16, 16, 0);
+    test_bf16_resize(2, 128, 16, 16, 32, 32, 0);
+    test_bf16_resize(2, 8, 8, 8, 8, 8, 0); /* same size: an exact identity */
+    test_bf16_resize(3, 5, 7, 9, 13, 4, 0);
+    test_bf16_resize(2, 128, 8, 8, 16, 16, 1);
+    test_bf16_resize(1, 2, 1, 5, 3, 1, 0);
+
+    const int32_t shared_labels[5] = {2, 0, 2, 2, 1}; /* examples 0, 2 and 3 share a row */
+    test_bf16_in_plus(5, 128, 32, 32, 0, NULL, 1, 0);
+    test_bf16_in_plus(2, 256, 8, 8, 5, shared_labels, 0, 0);
+    test_bf16_in_plus(3, 256, 16, 16, 5, shared_labels, 1, 0);
+    test_bf16_in_plus(2, 128, 32, 32, 0, NULL, 0, 1);       /* element path */
+    test_bf16_in_plus(2, 16, 40, 40, 0, NULL, 1, 0);        /* a plane too large to stage on the GPU */
+    test_bf16_in_plus(4, 24, 7, 9, 5, shared_labels, 1, 0); /* 3 groups of 8 channels: a lane past C */
+    test_bf16_in_plus(2, 12, 6, 6, 0, NULL, 0, 0);          /* C % 8 != 0 */
+    test_bf16_in_plus(3, 1, 28, 28, 3, shared_labels, 0, 0); /* C == 1: no channel-means term */
+    test_bf16_in_plus(1, 3, 5, 5, 0, NULL, 1, 0);
+
+    test_bf16_boundaries(5, 3, 32, 32, 0); /* the CIFAR-10 input and output */
+    test_bf16_boundaries(2, 1, 28, 28, 1);
+    test_bf16_boundaries(2, 128, 16, 16, 0); /* tile transposes */
+    test_bf16_boundaries(3, 37, 5, 7, 1);
+
+    /* The CIFAR-10 NCSNv2 convolutions (begin, residual, down, dilated, 1x1 shortcut, end)
+     * and odd ones. */
+    const ncsn_conv_desc convs[] = {
+        {2, 3, 32, 32, 128, 3, 1, 1},   {2, 128, 32, 32, 128, 3, 1, 1}, {2, 128, 16, 16, 256, 3, 1, 1},
+        {2, 256, 8, 8, 256, 3, 2, 1},   {2, 256, 8, 8, 256, 3, 4, 0},   {2, 128, 16, 16, 256, 1, 1, 1},
+        {2, 128, 32, 32, 3, 3, 1, 1},   {3, 5, 7, 9, 6, 3, 3, 1},       {1, 1, 5, 5, 1, 1, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++) test_bf16_conv(convs[i]);
+}
+
 /* Every entry of the op table is set (a NULL would crash the first model that calls it). */
 static void test_table_complete(const ncsn_backend *be) {
     const ncsn_backend_ops *o = be->ops;
@@ -737,6 +1083,10 @@ static void test_table_complete(const ncsn_backend *be) {
     ENTRY(fence_wait); ENTRY(fence_destroy); ENTRY(graph_begin); ENTRY(graph_end); ENTRY(graph_launch);
     ENTRY(graph_destroy); ENTRY(logit); ENTRY(langevin_step_chain); ENTRY(chain_labels); ENTRY(chain_advance);
     ENTRY(clip_by_norm); ENTRY(row_sum_squares); ENTRY(pc_step_size); ENTRY(copy_columns);
+    ENTRY(conv2d_packed_weights_bytes); ENTRY(conv2d_pack_weights_bf16); ENTRY(conv2d_forward_bf16);
+    ENTRY(instance_norm_plus_forward_bf16); ENTRY(elu_forward_bf16); ENTRY(add_bf16); ENTRY(accumulate_bf16);
+    ENTRY(mean_pool2_forward_bf16); ENTRY(avg_pool5_forward_bf16); ENTRY(max_pool5_forward_bf16);
+    ENTRY(resize_bilinear_forward_bf16); ENTRY(bf16_from_nchw); ENTRY(nchw_from_bf16);
 #undef ENTRY
     harness_checks++;
     if (missing) harness_failures++;
@@ -802,6 +1152,7 @@ int main(void) {
     test_chain_graph();
     test_gemm_and_norm(37, 29, 3072);
     test_gemm_and_norm(128, 128, 784);
+    test_bf16_all();
 
     ncsn_backend_destroy(gpu);
     ncsn_backend_destroy(cpu);
