@@ -157,28 +157,24 @@ static size_t c_packed_bytes(ncsn_backend *be, const ncsn_conv_desc *d) {
     size_t bytes = (size_t)d->K * d->C * d->ksize * d->ksize * 2;
     return (bytes + 255) / 256 * 256;
 }
-static void c_pack(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d) {}
-/* The fused convolution: the residual is read once in the epilogue (2 bytes per output
- * element), the ELU costs nothing. Unfused: cuDNN writes fp32 into the workspace and one
- * kernel applies bias, residual and ELU and rounds (read 4, write 2). */
-static void c_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed,
-                                        const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
+static void c_pack(ncsn_backend *be, void *packed, const float *w, const float *b, const ncsn_conv_desc *d) {}
+/* The convolution with its epilogue: the residual is read once in the epilogue (2 bytes per
+ * output element), bias and ELU cost nothing. Unfused: cuDNN writes fp32 into the workspace
+ * and one kernel applies bias, residual and ELU and rounds (read 4, write 2). */
+static void c_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed,
+                                  const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
     const double x = (double)d->N * d->C * d->H * d->W, y = (double)d->N * d->K * d->H * d->W;
     const double wn = (double)d->K * d->C * d->ksize * d->ksize;
     const double flops = 2.0 * y * d->C * d->ksize * d->ksize;
     double extra_kernels = 0, conv_bytes = x * 2 + y * 2 + wn * 2 / batch_for_weights, extra_bytes = 0;
     if (residual) conv_bytes += y * 2;
-    if ((b || residual || elu) && current == DESIGN_BF16_NHWC_UNFUSED) {
+    if ((d->has_bias || residual || elu) && current == DESIGN_BF16_NHWC_UNFUSED) {
         /* cuDNN writes fp32 (4 instead of 2); the epilogue kernel reads it, writes bf16 */
         conv_bytes += y * 2 - (residual ? y * 2 : 0);
         extra_kernels = 1;
         extra_bytes = y * (4 + 2) + (residual ? y * 2 : 0);
     }
     add_conv(flops, conv_bytes, extra_kernels, extra_bytes, 1);
-}
-static void c_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed,
-                                  const float *b, const ncsn_conv_desc *d) {
-    c_conv2d_forward_bf16_fused(be, out, in, packed, b, NULL, 0, d);
 }
 static void c_in_plus_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, const float *gamma,
                            const float *alpha, const float *beta, int stride, const int32_t *labels, float *stats,
@@ -230,7 +226,6 @@ static ncsn_backend_ops counting_ops(const ncsn_backend_ops *real) {
     o.conv2d_packed_weights_bytes = c_packed_bytes;
     o.conv2d_pack_weights_bf16 = c_pack;
     o.conv2d_forward_bf16 = c_conv2d_forward_bf16;
-    o.conv2d_forward_bf16_fused = c_conv2d_forward_bf16_fused;
     o.instance_norm_plus_forward_bf16 = c_in_plus_bf16;
     o.elu_forward_bf16 = c_elu_bf16;
     o.add_bf16 = c_add_bf16;

@@ -1524,7 +1524,6 @@ static const ncsn_backend_ops cpu_ops = {
     .conv2d_packed_weights_bytes = cpu_conv2d_packed_weights_bytes,
     .conv2d_pack_weights_bf16 = cpu_conv2d_pack_weights_bf16,
     .conv2d_forward_bf16 = cpu_conv2d_forward_bf16,
-    .conv2d_forward_bf16_fused = cpu_conv2d_forward_bf16_fused,
     .instance_norm_plus_forward_bf16 = cpu_instance_norm_plus_forward_bf16,
     .elu_forward_bf16 = cpu_elu_forward_bf16,
     .add_bf16 = cpu_add_bf16,

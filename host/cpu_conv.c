@@ -499,7 +499,9 @@ static void build_forward_bf16_nhwc(cpu_backend_impl *impl, cpu_conv_entry *e, c
                                                               &src_any, &wei_f32, d->has_bias ? &s.bias_any : NULL,
                                                               &dst_any, s.strides, s.dilates, s.pad, s.pad));
         p->pd = create_pd(impl, &cd, NULL, NCSN_PRECISION_FP32, 0, why, sizeof why);
-        e->epilogue_in_loop = e->epilogue != 0; /* its dst is staged: post-ops would not see ours */
+        /* Its dst is staged, so post-ops would not see ours: with an epilogue, the result
+         * comes back in fp32 NHWC and a loop applies the epilogue before the one rounding. */
+        e->epilogue_in_loop = e->epilogue != 0;
         if (!impl->bf16_nhwc_fallback_reported) {
             impl->bf16_nhwc_fallback_reported = 1;
             fprintf(stderr,
@@ -515,7 +517,9 @@ static void build_forward_bf16_nhwc(cpu_backend_impl *impl, cpu_conv_entry *e, c
     else user_wei = make_md(4, s.wei, dnnl_bf16, dnnl_oihw); /* the fallback's packed layout */
     conv_arg_init(impl, &p->args[ARG_SRC], &user_src, query_md(p->pd, dnnl_query_src_md), 0, 0);
     conv_arg_init(impl, &p->args[ARG_WEIGHTS], &user_wei, prim_wei, 0, 0);
-    conv_arg_init(impl, &p->args[ARG_DST], &user_dst, query_md(p->pd, dnnl_query_dst_md), 1, 0);
+    const dnnl_memory_desc_t user_dst_f32 = make_md(4, s.dst, dnnl_f32, dnnl_nhwc);
+    conv_arg_init(impl, &p->args[ARG_DST], e->epilogue_in_loop ? &user_dst_f32 : &user_dst,
+                  query_md(p->pd, dnnl_query_dst_md), 1, 0);
     if (d->has_bias)
         conv_arg_init(impl, &p->args[ARG_BIAS], &s.user_bias, query_bias_md(p->pd, dnnl_query_weights_md), 0, 0);
     primitive_finish(impl, p);
@@ -653,16 +657,24 @@ static const dnnl_memory_desc_t *packed_weights_md(cpu_backend_impl *impl, const
 
 static size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+/* Packed layout (backend.h): the weights in packed_weights_md, then the fp32 bias at the
+ * next 256-byte boundary. */
+static size_t packed_bias_offset(cpu_backend_impl *impl, const ncsn_conv_desc *d) {
+    return round_up_256(dnnl_memory_desc_get_size(packed_weights_md(impl, d)));
+}
+
 size_t cpu_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d) {
     conv_desc_check(d, "conv2d_packed_weights_bytes");
-    return round_up_256(dnnl_memory_desc_get_size(packed_weights_md(be->impl, d)));
+    return packed_bias_offset(be->impl, d) + (d->has_bias ? round_up_256((size_t)d->K * sizeof(float)) : 0);
 }
 
 /* A one-off reorder (packing happens once per parameter change, not per step); oneDNN's
  * f32 -> bf16 rounds to nearest even, and zero-fills the padding of blocked layouts. */
-void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d) {
+void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const float *b,
+                                  const ncsn_conv_desc *d) {
     conv_desc_check(d, "conv2d_pack_weights_bf16");
     NCSN_CHECKF(packed && w, "conv2d_pack_weights_bf16: packed %p, w %p", packed, (const void *)w);
+    NCSN_CHECKF(!d->has_bias || b, "conv2d_pack_weights_bf16: has_bias but b is NULL");
     NCSN_CHECKF((uintptr_t)packed % 256 == 0, "conv2d_pack_weights_bf16: packed %p is not 256-byte aligned", packed);
     cpu_backend_impl *impl = be->impl;
     const dnnl_memory_desc_t to_md = *packed_weights_md(impl, d);
@@ -677,46 +689,40 @@ void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w
     DNNL_CHECK(dnnl_memory_destroy(from));
     DNNL_CHECK(dnnl_memory_destroy(to));
     DNNL_CHECK(dnnl_primitive_destroy(reorder));
-}
-
-void cpu_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                             const float *b, const ncsn_conv_desc *d) {
-    conv_desc_check(d, "conv2d_forward_bf16");
-    NCSN_CHECKF(out && in && packed_w, "conv2d_forward_bf16: out %p, in %p, packed_w %p", (void *)out,
-                (const void *)in, packed_w);
-    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward_bf16: has_bias but b is NULL");
-    /* On the jit path nothing is staged: src, packed weights and dst are the primitive's own. */
-    cpu_backend_impl *impl = be->impl;
-    run_forward(impl, &conv_lookup_bf16_nhwc(impl, d, 0)->dir[CPU_CONV_FORWARD], out, in, packed_w,
-                d->has_bias ? b : NULL);
+    if (d->has_bias) memcpy((char *)packed + packed_bias_offset(impl, d), b, (size_t)d->K * sizeof(float));
 }
 
 /* The epilogue as oneDNN post-ops: sum (dst += conv; a residual held elsewhere is copied
  * into out first, a memcpy next to the convolution) and eltwise ELU, in fp32 before dst's one
  * rounding to bf16. Where the shape fell back to the fp32 primitive (its dst is staged, so
- * post-ops would not see ours), the plain result goes to scratch and a loop applies the
- * epilogue: bf16(ELU(conv + residual)), with the conv rounded once more on the way. */
-void cpu_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                                   const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
-    conv_desc_check(d, "conv2d_forward_bf16_fused");
-    NCSN_CHECKF(out && in && packed_w, "conv2d_forward_bf16_fused: out %p, in %p, packed_w %p", (void *)out,
+ * post-ops would not see ours), its fp32 result goes to scratch and a loop applies the
+ * epilogue, bf16(ELU(conv + residual)): the same single rounding. */
+void cpu_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                             const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
+    conv_desc_check(d, "conv2d_forward_bf16");
+    NCSN_CHECKF(out && in && packed_w, "conv2d_forward_bf16: out %p, in %p, packed %p", (void *)out,
                 (const void *)in, packed_w);
-    NCSN_CHECKF(!d->has_bias || b, "conv2d_forward_bf16_fused: has_bias but b is NULL");
-    NCSN_CHECKF(residual != in, "conv2d_forward_bf16_fused: the residual must not alias the input");
+    const size_t in_n = (size_t)d->N * d->C * d->H * d->W, out_n = (size_t)d->N * d->K * d->H * d->W;
+    NCSN_CHECKF(out + out_n <= in || in + in_n <= out, "conv2d_forward_bf16: out overlaps in (not in place)");
+    NCSN_CHECKF(!residual || residual + out_n <= in || in + in_n <= residual,
+                "conv2d_forward_bf16: the residual overlaps the input");
+    NCSN_CHECKF(!residual || residual == out || residual + out_n <= out || out + out_n <= residual,
+                "conv2d_forward_bf16: the residual overlaps the output without being it");
     cpu_backend_impl *impl = be->impl;
+    const float *b = d->has_bias ? (const float *)((const char *)packed_w + packed_bias_offset(impl, d)) : NULL;
     const int epilogue = (residual ? EPILOGUE_SUM : 0) | (elu ? EPILOGUE_ELU : 0);
     cpu_conv_entry *e = conv_lookup_bf16_nhwc(impl, d, epilogue);
-    const size_t n = (size_t)d->N * d->K * d->H * d->W;
     if (!e->epilogue_in_loop) {
-        if (residual && residual != out) memcpy(out, residual, n * sizeof *out);
-        run_forward(impl, &e->dir[CPU_CONV_FORWARD], out, in, packed_w, d->has_bias ? b : NULL);
+        /* On the jit path nothing is staged: src, packed weights and dst are the primitive's own. */
+        if (residual && residual != out) memcpy(out, residual, out_n * sizeof *out);
+        run_forward(impl, &e->dir[CPU_CONV_FORWARD], out, in, packed_w, b);
         return;
     }
-    ncsn_bf16 *conv = cpu_scratch_reserve(&impl->epilogue_buf, n * sizeof *conv);
-    run_forward(impl, &e->dir[CPU_CONV_FORWARD], conv, in, packed_w, d->has_bias ? b : NULL);
-#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 15))
-    for (size_t i = 0; i < n; i++) {
-        float v = ncsn_float_from_bf16(conv[i]) + (residual ? ncsn_float_from_bf16(residual[i]) : 0.0f);
+    float *conv = cpu_scratch_reserve(&impl->epilogue_buf, out_n * sizeof *conv);
+    run_forward(impl, &e->dir[CPU_CONV_FORWARD], conv, in, packed_w, b);
+#pragma omp parallel for schedule(static) if (out_n >= ((size_t)1 << 15))
+    for (size_t i = 0; i < out_n; i++) {
+        float v = conv[i] + (residual ? ncsn_float_from_bf16(residual[i]) : 0.0f);
         out[i] = ncsn_bf16_from_float(elu ? ncsn_elu(v) : v);
     }
 }

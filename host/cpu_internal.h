@@ -98,14 +98,10 @@ void cpu_gemm_nt(ncsn_backend *be, float *C, const float *A, const float *B, int
 /* bf16 NHWC inference (backend.h): weights packed in the layout of the shape's forward
  * primitive at a canonical batch size, and the forward on bf16 NHWC activations. */
 size_t cpu_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d);
-void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
+void cpu_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const float *b,
+                                  const ncsn_conv_desc *d);
 void cpu_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                             const float *b, const ncsn_conv_desc *d);
-/* oneDNN's implementation name of conv2d_forward_bf16 for `d`, e.g. "brgconv:avx512_core_bf16"
- * (an fp32 name where it falls back); valid until the backend is destroyed. For tests and
- * benchmarks. */
-void cpu_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                                   const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
+                             const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
 const char *cpu_conv_bf16_nhwc_impl_name(ncsn_backend *be, const ncsn_conv_desc *d);
 /* The precision direction `dir` of convolution `d` actually runs in at be->precision
  * (building its primitive if needed): NCSN_PRECISION_BF16 only where oneDNN has a jit bf16

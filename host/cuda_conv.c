@@ -57,11 +57,12 @@
  * not for every fp32 NCHW shape; a broadcast-add kernel after the convolution and a
  * per-channel reduction kernel for its gradient (kernels/elementwise.cu) are always valid.
  *
- * bf16 NHWC inference (conv2d_forward_bf16 and _fused; compile-checked only: no GPU was
+ * bf16 NHWC inference (conv2d_forward_bf16; compile-checked only: no GPU was
  * available to run it). The sampler's network keeps its activations in bf16 NHWC, so the
  * convolution reads the caller's input and writes the caller's output directly: no staging,
  * no transpose. Its weights are packed once (conv2d_pack_weights_bf16: fp32 KCRS -> bf16
- * KRSC, round to nearest even, padded to a multiple of 256 bytes). The contract is
+ * KRSC, round to nearest even, padded to a multiple of 256 bytes, then the fp32 bias at that
+ * 256-byte boundary, so the bias operand is always aligned). The contract is
  * out = bf16(act(conv(in, w) + b + residual)): fp32 accumulation, the bias, the residual and
  * the ELU (the "epilogue", each optional) in fp32, ONE rounding. Plans are cached as above,
  * keyed by shape (N included), bias / residual (none, separate, out itself) / ELU, the
@@ -76,7 +77,8 @@
  *                channel counts that tensor cores tile). Tried first when there is an
  *                epilogue, except with the residual in place (out += conv): cuDNN documents
  *                no aliasing of variant-pack tensors, so that case starts at fp32-output
- *                until FUSE_IN_PLACE_RESIDUAL is enabled after a GPU check.
+ *                until FUSE_IN_PLACE_RESIDUAL is enabled after a GPU check. (The networks'
+ *                call lists never ask for it: models/layers.c keeps residuals apart.)
  *   fp32-output  conv -> Y fp32 NHWC in the workspace, then kernels/convert.cu runs the
  *                epilogue and rounds once: the contract, one more memory pass.
  *   bf16-output  conv -> Y bf16 NHWC (the caller's out; the workspace when the residual is
@@ -1071,10 +1073,19 @@ static cuda_conv_plan *get_bf16_nhwc_plan(ncsn_backend *be, const ncsn_conv_desc
     return p;
 }
 
+static size_t round_up_packed(size_t bytes) {
+    return (bytes + PACKED_WEIGHTS_ALIGN - 1) / PACKED_WEIGHTS_ALIGN * PACKED_WEIGHTS_ALIGN;
+}
+
+/* Packed layout (backend.h): bf16 KRSC weights, then the fp32 bias at the next 256-byte
+ * boundary, so the fused graph's bias operand is always 16-byte aligned. */
+static size_t packed_bias_offset(const ncsn_conv_desc *d) {
+    return round_up_packed((size_t)d->K * d->C * d->ksize * d->ksize * sizeof(ncsn_bf16));
+}
+
 size_t cuda_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d) {
     check_conv_desc(d, "conv2d_packed_weights_bytes");
-    size_t bytes = (size_t)d->K * d->C * d->ksize * d->ksize * sizeof(ncsn_bf16);
-    return (bytes + PACKED_WEIGHTS_ALIGN - 1) / PACKED_WEIGHTS_ALIGN * PACKED_WEIGHTS_ALIGN;
+    return packed_bias_offset(d) + (d->has_bias ? round_up_packed((size_t)d->K * sizeof(float)) : 0);
 }
 
 static void check_packed_alignment(const void *packed, const char *op) {
@@ -1082,14 +1093,19 @@ static void check_packed_alignment(const void *packed, const char *op) {
                 "%s: packed weights at %p are not %d-byte aligned (backend.h)", op, packed, PACKED_WEIGHTS_ALIGN);
 }
 
-void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d) {
+void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const float *b,
+                                   const ncsn_conv_desc *d) {
     check_conv_desc(d, "conv2d_pack_weights_bf16");
     NCSN_CHECKF(packed && w, "conv2d_pack_weights_bf16: NULL tensor (packed %p, w %p)", packed, (const void *)w);
+    NCSN_CHECKF(!d->has_bias || b, "conv2d_pack_weights_bf16: has_bias but b is NULL");
     check_packed_alignment(packed, "conv2d_pack_weights_bf16");
+    cudaStream_t stream = cuda_impl(be)->stream;
     /* KCRS fp32 -> KRSC bf16, round to nearest even: the [B][C][S] -> [B][S][C] transpose
      * with B = K, S = kh * kw. The padding up to the 256-byte multiple is left alone. */
-    ncsn_cuda_channels_first_to_last_bf16(cuda_impl(be)->stream, (uint16_t *)packed, w, d->K, d->C,
-                                          (size_t)d->ksize * d->ksize);
+    ncsn_cuda_channels_first_to_last_bf16(stream, (uint16_t *)packed, w, d->K, d->C, (size_t)d->ksize * d->ksize);
+    if (d->has_bias)
+        CUDA_CHECK(cudaMemcpyAsync((char *)packed + packed_bias_offset(d), b, (size_t)d->K * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, stream));
 }
 
 /* Do the byte ranges [a, a + a_bytes) and [b, b + b_bytes) overlap? */
@@ -1098,14 +1114,14 @@ static int ranges_overlap(const void *a, size_t a_bytes, const void *b, size_t b
     return a0 < b0 + b_bytes && b0 < a0 + a_bytes;
 }
 
-void cuda_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                                    const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
+void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
+                              const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d) {
     const char *op = "conv2d_forward_bf16";
     check_conv_desc(d, op);
     NCSN_CHECKF(out && in && packed_w, "%s: NULL tensor (out %p, in %p, packed_w %p)", op, (void *)out,
                 (const void *)in, packed_w);
-    NCSN_CHECKF(!d->has_bias || b, "%s: has_bias but b is NULL", op);
     check_packed_alignment(packed_w, op);
+    const float *b = d->has_bias ? (const float *)((const char *)packed_w + packed_bias_offset(d)) : NULL;
     NCSN_CHECKF((uintptr_t)in % sizeof(ncsn_bf16) == 0 && (uintptr_t)out % sizeof(ncsn_bf16) == 0 &&
                     (uintptr_t)residual % sizeof(ncsn_bf16) == 0,
                 "%s: bf16 tensors at odd addresses (in %p, out %p, residual %p)", op, (const void *)in, (void *)out,
@@ -1166,10 +1182,6 @@ void cuda_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn
     }
 }
 
-void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                              const float *b, const ncsn_conv_desc *d) {
-    cuda_conv2d_forward_bf16_fused(be, out, in, packed_w, b, NULL, 0, d);
-}
 
 cuda_conv_bf16_variant cuda_conv_bf16_inference_variant(ncsn_backend *be, const ncsn_conv_desc *d, int residual,
                                                         int elu, int io_alignment, int bias_alignment) {

@@ -157,13 +157,10 @@ ncsn_precision cuda_conv_effective_precision(ncsn_backend *be, const ncsn_conv_d
                                              int *bf16_output);
 /* The bf16 NHWC inference convolution (backend.h "inference in bf16 NHWC"). */
 size_t cuda_conv2d_packed_weights_bytes(ncsn_backend *be, const ncsn_conv_desc *d);
-void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
+void cuda_conv2d_pack_weights_bf16(ncsn_backend *be, void *packed, const float *w, const float *b,
+                                   const ncsn_conv_desc *d);
 void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                              const float *b, const ncsn_conv_desc *d);
-/* out = bf16(act(conv(in, w) + b + residual)) (backend.h conv2d_forward_bf16_fused); the
- * plain forward above is this with residual NULL and elu 0. */
-void cuda_conv2d_forward_bf16_fused(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                                    const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
+                              const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
 /* How the bf16 NHWC forward runs a shape (cuda_conv.c's header comment has the details). The
  * epilogue is what follows the convolution: the bias, the residual, the ELU, as present. */
 typedef enum {

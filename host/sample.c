@@ -1016,13 +1016,12 @@ static void check_finite_batch(const float *x, int nb, size_t per, uint32_t firs
 }
 
 /* --precision, or the sampler's default: the fastest precision whose deviation from fp32
- * is measured and bounded. That is bf16 convolutions (inputs and weights rounded to bf16,
- * fp32 accumulation; chain state fp32): one NCSNv2 evaluation within 1.5e-2 relative L2 of
- * fp32 and a full 232 x 5 chain within 2.3e-3 (tests/test_precision.c, bench_precision).
- * The bound is established on the CPU; cuDNN's bf16 rounds the same inputs the same way
- * (round to nearest even), and make test-gpu checks CUDA bf16 against the CPU's. Where a
- * CPU has no bf16 kernels the backend falls back to fp32 and says so. --precision fp32
- * reproduces exactly. */
+ * is measured and bounded. That is bf16, where the network runs bf16 NHWC end to end
+ * (sampler_network_format): one CIFAR-10 NCSNv2 evaluation within 1.2e-2 relative L2 of fp32
+ * (bound 5e-2), and a chain's state, which stays fp32, within the network's error times the
+ * chain's own movement (tests/test_infer_bf16.c). The bound is established on the CPU;
+ * cuDNN rounds the same tensors the same way, and make test-gpu checks CUDA bf16 inference
+ * against the CPU's. --precision fp32 reproduces exactly. */
 static ncsn_precision sampler_precision(const char *flag) {
     return flag ? ncsn_precision_parse(flag, "--precision") : NCSN_PRECISION_BF16;
 }

@@ -180,9 +180,8 @@ static void act_resize(const layer_ctx *c, float *out, const float *in, int C, i
 
 void conv_forward(const layer_ctx *c, const conv_layer *l, float *out, const float *in) {
     ncsn_conv_desc d = conv_desc(c, l);
-    const float *bias = d.has_bias ? c->params + l->b : NULL;
-    if (c->packed) ncsn_conv2d_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed, bias, &d);
-    else ncsn_conv2d_forward(c->be, out, in, c->params + l->w, bias, &d);
+    if (c->packed) ncsn_conv2d_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed, NULL, 0, &d);
+    else ncsn_conv2d_forward(c->be, out, in, c->params + l->w, d.has_bias ? c->params + l->b : NULL, &d);
 }
 
 /* out = act(conv(in) + residual): residual NULL, another tensor, or out itself (out +=
@@ -197,9 +196,8 @@ static void conv_epilogue_forward(const layer_ctx *c, const conv_layer *l, float
          * documents no aliasing between a fused graph's tensors. */
         NCSN_CHECK(residual != out);
         ncsn_conv_desc d = conv_desc(c, l);
-        ncsn_conv2d_forward_bf16_fused(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed,
-                                       d.has_bias ? c->params + l->b : NULL, residual ? cbf16_of(residual) : NULL,
-                                       elu, &d);
+        ncsn_conv2d_forward_bf16(c->be, bf16_of(out), cbf16_of(in), c->packed + l->packed,
+                                 residual ? cbf16_of(residual) : NULL, elu, &d);
         return;
     }
     if (!residual) {

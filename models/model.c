@@ -270,7 +270,8 @@ int ncsn_model_set_bf16_inference(ncsn_model *m, int on) {
     for (int i = 0; i < m->n_convs; i++) {
         const conv_layer *l = m->convs[i];
         ncsn_conv_desc d = {1, l->C, l->H, l->W, l->K, l->ksize, l->dilation, l->b != NCSN_NO_PARAM};
-        ncsn_conv2d_pack_weights_bf16(m->be, m->packed + l->packed, m->params + l->w, &d);
+        ncsn_conv2d_pack_weights_bf16(m->be, m->packed + l->packed, m->params + l->w,
+                                      d.has_bias ? m->params + l->b : NULL, &d);
     }
     return 1;
 }

@@ -372,7 +372,7 @@ static void test_conv_case(ncsn_backend *cb, int C, int H, int W, int K, int ksi
     }
     for (int k = 0; k < K; k++) b[k] = rand_range(-bound, bound);
     void *packed = ncsn_alloc(be, bytes);
-    ncsn_conv2d_pack_weights_bf16(cb, packed, w, &d1);
+    ncsn_conv2d_pack_weights_bf16(cb, packed, w, has_bias ? b : NULL, &d1);
 
     for (int bi = 0; bi < 2; bi++) {
         const int N = batches[bi];
@@ -384,7 +384,7 @@ static void test_conv_case(ncsn_backend *cb, int C, int H, int W, int K, int ksi
             impl->bf16_nhwc_force_fp32 = !impl->bf16_nhwc_force_fp32;
         }
         ncsn_bf16 *x = bf16_random(ni, -1.0f, 1.0f), *out = ncsn_alloc(be, no * sizeof(ncsn_bf16));
-        ncsn_conv2d_forward_bf16(cb, out, x, packed, has_bias ? b : NULL, &d);
+        ncsn_conv2d_forward_bf16(cb, out, x, packed, NULL, 0, &d);
         /* The reference in strict fp32; the magnitudes A for the cancellation slack. */
         float *xf = nchw_from_nhwc(x, N, C, H, W), *ref = ncsn_alloc(be, no * sizeof(float));
         float *magnitude = ncsn_alloc(be, no * sizeof(float));
@@ -405,9 +405,37 @@ static void test_conv_case(ncsn_backend *cb, int C, int H, int W, int K, int ksi
                     slack[(size_t)n * H * W * K + p * K + k] =
                         (float)(NEAR_ZERO_SLACK * (magnitude[i] + (has_bias ? fabsf(b[k]) : 0.0f)));
                 }
-        char what[96];
+        char what[128];
         snprintf(what, sizeof what, "  N=%d (%s)", N, cpu_conv_bf16_nhwc_impl_name(cb, &d));
         expect_bf16(what, out, r, no, 1, slack);
+
+        /* The epilogue: bf16(ELU(conv + b + residual)) with a separate residual, and
+         * bf16(conv + b + out) in place. Reference: the fp32 conv plus the residual, then the
+         * ELU (ncsn_elu), rounded once. oneDNN's post-op ELU is its own vectorised expm1, so
+         * like the CPU ELU op it may round the other way at a bf16 boundary: 1 ulp, and the
+         * slack grows by |residual| (the sum's magnitude). */
+        ncsn_bf16 *res = bf16_random(no, -1.0f, 1.0f), *out_res = ncsn_alloc(be, no * sizeof(ncsn_bf16));
+        ncsn_bf16 *out_acc = ncsn_alloc(be, no * sizeof(ncsn_bf16));
+        memcpy(out_acc, res, no * sizeof(ncsn_bf16));
+        ncsn_conv2d_forward_bf16(cb, out_res, x, packed, res, 1, &d);
+        ncsn_conv2d_forward_bf16(cb, out_acc, x, packed, out_acc, 0, &d);
+        ncsn_bf16 *r_elu = ncsn_alloc(be, no * sizeof(ncsn_bf16)), *r_acc = ncsn_alloc(be, no * sizeof(ncsn_bf16));
+        float *slack_res = ncsn_alloc(be, no * sizeof(float));
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++)
+                for (size_t p = 0; p < (size_t)H * W; p++) {
+                    const size_t i = ((size_t)n * K + k) * H * W + p, o = (size_t)n * H * W * K + p * K + k;
+                    const float sum = ref[i] + bf(res[o]);
+                    r_elu[o] = ncsn_bf16_from_float(ncsn_elu(sum));
+                    r_acc[o] = ncsn_bf16_from_float(sum);
+                    slack_res[o] = slack[o] + (float)(NEAR_ZERO_SLACK * fabsf(bf(res[o])));
+                }
+        snprintf(what, sizeof what, "  N=%d + residual, ELU", N);
+        expect_bf16(what, out_res, r_elu, no, 1, slack_res);
+        snprintf(what, sizeof what, "  N=%d += in place (residual = out)", N);
+        expect_bf16(what, out_acc, r_acc, no, 1, slack_res);
+        ncsn_free(be, res); ncsn_free(be, out_res); ncsn_free(be, out_acc); ncsn_free(be, r_elu);
+        ncsn_free(be, r_acc); ncsn_free(be, slack_res);
         ncsn_free(be, x); ncsn_free(be, out); ncsn_free(be, xf); ncsn_free(be, ref); ncsn_free(be, magnitude);
         ncsn_free(be, r); ncsn_free(be, slack);
     }

@@ -241,24 +241,25 @@ typedef struct ncsn_backend_ops {
      * (with the model's 2x - 1), nchw_from_bf16 turns the output back into fp32 NCHW (with
      * the v2 division by sigma). */
 
-    /* Convolution weights in the backend's bf16 layout, packed once from the fp32 [K, C, kh, kw]
-     * parameters (CUDA: KRSC bf16; CPU: oneDNN's blocked bf16 format for the shape). The packed
-     * copy is a snapshot: re-pack after the parameters change. Bytes depend only on K, C and
-     * ksize (not on N), are a multiple of 256, and the pointer must be 256-byte aligned. */
+    /* Convolution weights (and bias) packed once from the fp32 parameters: the [K, C, kh, kw]
+     * weights in the backend's bf16 layout (CUDA: KRSC; CPU: oneDNN's blocked bf16 format for
+     * the shape), then, when d->has_bias, an fp32 copy of the bias at a 256-byte boundary
+     * (cuDNN's fused epilogue wants it aligned). The packing is a snapshot: re-pack after the
+     * parameters change. Its bytes depend on the descriptor but not on N (pack with the H, W
+     * and dilation of the forward; any N), are a multiple of 256, and `packed` must be
+     * 256-byte aligned. b may be NULL only when !d->has_bias. */
     size_t (*conv2d_packed_weights_bytes)(ncsn_backend *be, const ncsn_conv_desc *d);
-    void (*conv2d_pack_weights_bf16)(ncsn_backend *be, void *packed, const float *w, const ncsn_conv_desc *d);
-    /* out = bf16(conv(in, w) + b): fp32 accumulation of the bf16 products, the fp32 bias added
-     * before the one rounding (cuDNN: in the convolution's epilogue where an engine fuses it).
-     * b may be NULL when !d->has_bias. */
-    void (*conv2d_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                                const float *b, const ncsn_conv_desc *d);
-    /* The same with the memory-bound op that follows a convolution in the networks folded into
-     * its epilogue: out = bf16(act(conv(in, w) + b + residual)), all in fp32 before the one
-     * rounding; residual may be NULL or any bf16 NHWC tensor of out's shape, out itself
-     * included (out += conv); act is the ELU when `elu`, else the identity. residual must
-     * not alias in. (Being folded into conv2d_forward_bf16 as its only form.) */
-    void (*conv2d_forward_bf16_fused)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed_w,
-                                      const float *b, const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
+    void (*conv2d_pack_weights_bf16)(ncsn_backend *be, void *packed, const float *w, const float *b,
+                                     const ncsn_conv_desc *d);
+    /* out = bf16(act(conv(in, w) + b + residual)), fp32 accumulation of the bf16 products and
+     * fp32 epilogue before the one rounding: the memory-bound op that follows a convolution in
+     * the networks runs in its epilogue (cuDNN: a fused conv -> add -> add -> ELU graph where an
+     * engine takes it; the CPU: oneDNN post-ops). residual: NULL, or a bf16 NHWC tensor of out's
+     * shape, out itself included (out += conv; the CUDA backend then uses its unfused path);
+     * never overlapping in. act: the ELU when `elu`, else the identity. Not in place (out must
+     * not overlap in). */
+    void (*conv2d_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, const void *packed,
+                                const ncsn_bf16 *residual, int elu, const ncsn_conv_desc *d);
     /* instance_norm_plus_forward on bf16 NHWC (elu: fused ELU). stats are written as there. */
     void (*instance_norm_plus_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x,
                                             const float *gamma, const float *alpha, const float *beta,
@@ -267,7 +268,7 @@ typedef struct ncsn_backend_ops {
     void (*elu_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, size_t n); /* in place ok */
     void (*add_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *a, const ncsn_bf16 *b, size_t n);
     void (*accumulate_bf16)(ncsn_backend *be, ncsn_bf16 *y, const ncsn_bf16 *x, size_t n); /* y = bf16(y + x) */
-    /* The pooling and resize forwards above, on bf16 NHWC (sizes of the INPUT). */
+    /* The pooling and resize forwards above, on bf16 NHWC (sizes of the INPUT; not in place). */
     void (*mean_pool2_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W);
     void (*avg_pool5_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W);
     void (*max_pool5_forward_bf16)(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *in, int N, int C, int H, int W);
@@ -374,7 +375,6 @@ void ncsn_cuda_backend_destroy(ncsn_backend *be);
 #define ncsn_conv2d_packed_weights_bytes(be, d) NCSN_OP(be, conv2d_packed_weights_bytes)(be, d)
 #define ncsn_conv2d_pack_weights_bf16(be, ...) NCSN_OP(be, conv2d_pack_weights_bf16)(be, __VA_ARGS__)
 #define ncsn_conv2d_forward_bf16(be, ...) NCSN_OP(be, conv2d_forward_bf16)(be, __VA_ARGS__)
-#define ncsn_conv2d_forward_bf16_fused(be, ...) NCSN_OP(be, conv2d_forward_bf16_fused)(be, __VA_ARGS__)
 #define ncsn_instance_norm_plus_forward_bf16(be, ...) NCSN_OP(be, instance_norm_plus_forward_bf16)(be, __VA_ARGS__)
 #define ncsn_elu_forward_bf16(be, ...) NCSN_OP(be, elu_forward_bf16)(be, __VA_ARGS__)
 #define ncsn_add_bf16(be, ...) NCSN_OP(be, add_bf16)(be, __VA_ARGS__)

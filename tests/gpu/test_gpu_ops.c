@@ -987,13 +987,25 @@ static void test_bf16_conv(ncsn_conv_desc d) {
     printf("%-38s %-28s %10zu %10zu  %-7s %s\n", "conv2d_packed_weights_bytes (cpu, gpu)", shape, bytes_c, bytes_g,
            "256x", sizes_ok ? "PASS" : "FAIL");
     void *packed_c = ncsn_alloc(cpu, bytes_c), *packed_g = ncsn_alloc(gpu, bytes_g);
-    ncsn_conv2d_pack_weights_bf16(cpu, packed_c, w.c, &d);
-    ncsn_conv2d_pack_weights_bf16(gpu, packed_g, w.g, &d);
-    ncsn_conv2d_forward_bf16(cpu, y.c, x.c, packed_c, d.has_bias ? b.c : NULL, &d);
-    ncsn_conv2d_forward_bf16(gpu, y.g, x.g, packed_g, d.has_bias ? b.g : NULL, &d);
+    ncsn_conv2d_pack_weights_bf16(cpu, packed_c, w.c, d.has_bias ? b.c : NULL, &d);
+    ncsn_conv2d_pack_weights_bf16(gpu, packed_g, w.g, d.has_bias ? b.g : NULL, &d);
+    ncsn_conv2d_forward_bf16(cpu, y.c, x.c, packed_c, NULL, 0, &d);
+    ncsn_conv2d_forward_bf16(gpu, y.g, x.g, packed_g, NULL, 0, &d);
     compare_bf16("conv2d_forward_bf16 (packed)", shape, &y, TOL_BF16_CONV);
+    /* The epilogue: + a separate residual then ELU (cuDNN's fused graph where an engine takes
+     * it), and += in place (the unfused path). cuDNN's ELU is its own: the conv tolerance
+     * (1 ulp + a share of max) covers a rounding flip there too. */
+    bpair r = bpair_random(nout, 1903, -1.0f, 1.0f), y_acc = bpair_random(nout, 1903, -1.0f, 1.0f);
+    ncsn_conv2d_forward_bf16(cpu, y.c, x.c, packed_c, r.c, 1, &d);
+    ncsn_conv2d_forward_bf16(gpu, y.g, x.g, packed_g, r.g, 1, &d);
+    compare_bf16("conv2d_forward_bf16 (+ residual, ELU)", shape, &y, TOL_BF16_CONV);
+    ncsn_conv2d_forward_bf16(cpu, y_acc.c, x.c, packed_c, y_acc.c, 0, &d);
+    ncsn_conv2d_forward_bf16(gpu, y_acc.g, x.g, packed_g, y_acc.g, 0, &d);
+    compare_bf16("conv2d_forward_bf16 (+= in place)", shape, &y_acc, TOL_BF16_CONV);
     ncsn_free(cpu, packed_c);
     ncsn_free(gpu, packed_g);
+    bpair_free(&r);
+    bpair_free(&y_acc);
     bpair_free(&x);
     bpair_free(&y);
     pair_free(&w);
