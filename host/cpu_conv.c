@@ -303,7 +303,8 @@ static dnnl_primitive_desc_t create_pd(cpu_backend_impl *impl, const dnnl_convol
         dnnl_post_ops_t post_ops;
         DNNL_CHECK(dnnl_post_ops_create(&post_ops));
         if (epilogue & EPILOGUE_SUM) DNNL_CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f));
-        if (epilogue & EPILOGUE_ELU) DNNL_CHECK(dnnl_post_ops_append_eltwise(post_ops, 1.0f, dnnl_eltwise_elu, 1.0f, 0.0f));
+        if (epilogue & EPILOGUE_ELU)
+            DNNL_CHECK(dnnl_post_ops_append_eltwise(post_ops, 1.0f, dnnl_eltwise_elu, 1.0f, 0.0f));
         DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops));
         DNNL_CHECK(dnnl_post_ops_destroy(post_ops));
     }

@@ -92,7 +92,8 @@ ncsn_model *ncsn_model_create(ncsn_backend *be, const ncsn_config *cfg) {
     /* The packed-weight offsets are written into the layers later, through these pointers:
      * the builders must have built every layer in place, inside this model. */
     for (int i = 0; i < m->n_convs; i++)
-        NCSN_CHECK((const char *)m->convs[i] >= (const char *)m && (const char *)(m->convs[i] + 1) <= (const char *)(m + 1));
+        NCSN_CHECK((const char *)m->convs[i] >= (const char *)m &&
+                   (const char *)(m->convs[i] + 1) <= (const char *)(m + 1));
     m->labels_slot = builder_act(&b, 1); /* int32, one per example */
     for (int i = 0; i < 3; i++) m->tmp_slot[i] = builder_act(&b, b.max_temp);
     m->act_per_example = b.act_floats;
@@ -262,8 +263,8 @@ int ncsn_model_set_bf16_inference(ncsn_model *m, int on) {
         ncsn_conv_desc d = {1, l->C, l->H, l->W, l->K, l->ksize, l->dilation, l->b != NCSN_NO_PARAM};
         l->packed = total;
         size_t bytes = ncsn_conv2d_packed_weights_bytes(m->be, &d);
-        NCSN_CHECKF(bytes > 0 && bytes % 256 == 0, "bf16 inference: packed weights of %zu bytes (not a multiple of 256)",
-                    bytes);
+        NCSN_CHECKF(bytes > 0 && bytes % 256 == 0,
+                    "bf16 inference: packed weights of %zu bytes (not a multiple of 256)", bytes);
         total += bytes;
     }
     m->packed = ncsn_alloc(m->be, total);

@@ -65,6 +65,17 @@ static inline double harness_rand_uniform(uint64_t *state) {
 }
 
 /* The CPU backend every test runs on; a test cannot go on without it. */
+/* ||got - ref|| / ||ref|| over n values, in double (||got - ref|| when ref is all zero). */
+static inline double harness_relative_l2(const float *got, const float *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)got[i] - (double)ref[i];
+        num += e * e;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 static inline ncsn_backend *harness_cpu_backend(void) {
     char err[256];
     ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);

@@ -61,15 +61,6 @@ static float *to_host(const float *p, size_t n) {
     return h;
 }
 
-static double rel_l2(const float *a, const float *ref, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * (double)ref[i];
-    }
-    return den > 0.0 ? sqrt(num / den) : sqrt(num);
-}
 
 static int all_finite(const float *a, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -123,14 +114,14 @@ static void test_network(const char *tag, const ncsn_config *cfg, int check_back
     float *s16 = forward(m, x, labels, BATCH, D);
     float *s16_b1 = forward(m, x, labels, 1, D);
 
-    const double e16 = rel_l2(s16, s32, ND), e_staged = rel_l2(s_staged, s32, ND);
+    const double e16 = harness_relative_l2(s16, s32, ND), e_staged = harness_relative_l2(s_staged, s32, ND);
     printf("  relative L2 vs fp32: bf16 NHWC inference %.3e (bound %.0e); bf16 convolutions only %.3e\n", e16,
            FORWARD_L2_BOUND, e_staged);
     EXPECT(all_finite(s16, ND), "%s: bf16 inference output not finite", tag);
     EXPECT(e16 <= FORWARD_L2_BOUND, "%s: bf16 inference relative L2 %.3e > %.0e", tag, e16, FORWARD_L2_BOUND);
     EXPECT(memcmp(s16, s32, ND * sizeof(float)) != 0, "%s: bf16 inference is bit-identical to fp32 (not active?)",
            tag);
-    const double e_b1 = rel_l2(s16_b1, s32, D);
+    const double e_b1 = harness_relative_l2(s16_b1, s32, D);
     printf("  example 0 evaluated alone: relative L2 vs fp32 %.3e\n", e_b1);
     EXPECT(e_b1 <= FORWARD_L2_BOUND, "%s: batch-1 bf16 output relative L2 %.3e > %.0e", tag, e_b1, FORWARD_L2_BOUND);
 
@@ -155,8 +146,8 @@ static void test_network(const char *tag, const ncsn_config *cfg, int check_back
            "%s: changing conv weights without re-packing changed the bf16 output", tag);
     ncsn_model_set_bf16_inference(m, 1);
     float *s_repacked = forward(m, x, labels, BATCH, D);
-    EXPECT(rel_l2(s_repacked, s16, ND) > 1e-2, "%s: re-packed scaled weights did not change the output (%.3e)", tag,
-           rel_l2(s_repacked, s16, ND));
+    const double e_repacked = harness_relative_l2(s_repacked, s16, ND);
+    EXPECT(e_repacked > 1e-2, "%s: re-packed scaled weights did not change the output (%.3e)", tag, e_repacked);
     ncsn_copy_to_device(be, params, saved, t->total * sizeof(float));
 
     if (check_backward_refused) {
@@ -219,7 +210,7 @@ static void test_chain(const ncsn_config *cfg) {
         ncsn_free(be, x);
         ncsn_sampler_free(s);
     }
-    const double e = rel_l2(xs[1], xs[0], BD), moved = rel_l2(xs[0], x_init, BD);
+    const double e = harness_relative_l2(xs[1], xs[0], BD), moved = harness_relative_l2(xs[0], x_init, BD);
     const double bound = FORWARD_L2_BOUND * moved;
     printf("  relative L2 of x, bf16 inference vs fp32: %.3e (bound %.2e = %.0e x the chain's movement %.3e)\n", e,
            bound, FORWARD_L2_BOUND, moved);

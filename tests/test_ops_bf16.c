@@ -81,7 +81,8 @@ static ncsn_bf16 *nhwc_rounded(const float *x, int N, int C, int H, int W) {
         for (int c = 0; c < C; c++)
             for (int y = 0; y < H; y++)
                 for (int w = 0; w < W; w++)
-                    out[nhwc_index(C, H, W, n, c, y, w)] = ncsn_bf16_from_float(x[(((size_t)n * C + c) * H + y) * W + w]);
+                    out[nhwc_index(C, H, W, n, c, y, w)] =
+                        ncsn_bf16_from_float(x[(((size_t)n * C + c) * H + y) * W + w]);
     return out;
 }
 

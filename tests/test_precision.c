@@ -169,15 +169,6 @@ static void expect_within(const char *what, const float *got, const float *ref, 
     printf("  ok   %s: max err/sum|terms| %.3g <= %.3g\n", what, worst, factor);
 }
 
-static double relative_l2(const float *got, const float *ref, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)got[i] - (double)ref[i];
-        num += e * e;
-        den += (double)ref[i] * (double)ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
 static void expect_identical(const char *what, const float *got, const float *ref, size_t n) {
     harness_checks++;
@@ -353,7 +344,7 @@ static void test_conv_case(int N, int C, int H, int W, int K, int ksize, int dil
         snprintf(what, sizeof what, "%s bf16 vs fp32", outputs[k].name);
         expect_within(what, bf16.out[k], ref.out[k], abs_sum.out[k], n,
                       2 * U_BF16 + U_BF16 * U_BF16 + 2 * gamma_n(c.reduction[outputs[k].dir]));
-        double rel = relative_l2(bf16.out[k], ref.out[k], n);
+        double rel = harness_relative_l2(bf16.out[k], ref.out[k], n);
         EXPECT(rel > 0, "%s: bf16 identical to fp32 (the precision switch did nothing)", what);
         /* RMS relative rounding error of one operand: 2^-8 / sqrt(6) (see the header). */
         double expected = sqrt(outputs[k].rounded_operands / 6.0) * U_BF16;

@@ -343,9 +343,8 @@ static void test_train_step(const char *tag, const ncsn_config *cfg) {
  * denoising step, batch 4, from the uniform init: 2 * levels + 1 network evaluations. The
  * first levels of the official schedule (sigma_1 = 50) would throw an untrained network's
  * chain far outside [0, 1]; the small-sigma end is where the samples are made. */
-static void test_sampler(const char *tag, const ncsn_config *cfg, int levels, double step_lr) {
-    model_pair mp = pair_create(cfg);
-    const size_t BD = (size_t)BATCH * mp.D;
+/* The ALD options of the chain tests: the last levels, 2 steps each, + denoise. */
+static ncsn_sampler_options chain_options(double step_lr, uint64_t seed) {
     ncsn_sampler_options o;
     ncsn_sampler_options_default(&o);
     o.kind = NCSN_SAMPLER_ALD;
@@ -354,28 +353,42 @@ static void test_sampler(const char *tag, const ncsn_config *cfg, int levels, do
     o.step_lr = step_lr;
     o.n_steps_each = 2;
     o.denoise = 1;
-    o.seed = SEED + 1;
+    o.seed = seed;
+    return o;
+}
+
+/* Runs the last `levels` levels of the chain on one backend; returns x on the host, and the
+ * initial x in *x_init when it is not NULL. */
+static float *run_chain(ncsn_backend *be, ncsn_model *m, const model_pair *mp, const ncsn_sampler_options *o,
+                        int levels, float **x_init) {
+    const size_t BD = (size_t)BATCH * mp->D;
+    ncsn_sampler *smp = ncsn_sampler_create(be, ncsn_model_score_fn, m, ncsn_model_sigmas_host(m), mp->L, mp->C,
+                                            mp->H, mp->W, BATCH, o);
+    float *x = ncsn_alloc(be, BD * sizeof(float));
+    ncsn_sampler_init_batch(smp, x, 0, BATCH);
+    if (x_init) *x_init = to_host(be, x, BD);
+    ncsn_sampler_run_levels(smp, x, 0, BATCH, mp->L - levels, mp->L);
+    ncsn_sampler_finish(smp, x, BATCH);
+    float *h = to_host(be, x, BD);
+    ncsn_free(be, x);
+    ncsn_sampler_free(smp);
+    return h;
+}
+
+static void test_sampler(const char *tag, const ncsn_config *cfg, int levels, double step_lr) {
+    model_pair mp = pair_create(cfg);
+    const size_t BD = (size_t)BATCH * mp.D;
+    const ncsn_sampler_options o = chain_options(step_lr, SEED + 1);
     NCSN_CHECK(levels >= 1 && levels <= mp.L);
 
     /* Runs: the CPU; the GPU replaying one captured step (the default); the GPU running
      * every op directly (NCSN_CUDA_GRAPHS=0), which must give the same bits as the graph. */
     float *hx[3], *hx_init = NULL;
-    ncsn_backend *bes[3] = {cpu, gpu, gpu};
-    ncsn_model *ms[3] = {mp.mc, mp.mg, mp.mg};
-    for (int s = 0; s < 3; s++) {
-        if (s == 2) setenv("NCSN_CUDA_GRAPHS", "0", 1);
-        ncsn_sampler *smp = ncsn_sampler_create(bes[s], ncsn_model_score_fn, ms[s], ncsn_model_sigmas_host(ms[s]), mp.L,
-                                                mp.C, mp.H, mp.W, BATCH, &o);
-        float *x = ncsn_alloc(bes[s], BD * sizeof(float));
-        ncsn_sampler_init_batch(smp, x, 0, BATCH);
-        if (s == 0) hx_init = to_host(cpu, x, BD);
-        ncsn_sampler_run_levels(smp, x, 0, BATCH, mp.L - levels, mp.L);
-        ncsn_sampler_finish(smp, x, BATCH);
-        hx[s] = to_host(bes[s], x, BD);
-        ncsn_free(bes[s], x);
-        ncsn_sampler_free(smp);
-        if (s == 2) unsetenv("NCSN_CUDA_GRAPHS");
-    }
+    hx[0] = run_chain(cpu, mp.mc, &mp, &o, levels, &hx_init);
+    hx[1] = run_chain(gpu, mp.mg, &mp, &o, levels, NULL);
+    setenv("NCSN_CUDA_GRAPHS", "0", 1);
+    hx[2] = run_chain(gpu, mp.mg, &mp, &o, levels, NULL);
+    unsetenv("NCSN_CUDA_GRAPHS");
     char what[96];
     snprintf(what, sizeof what, "ALD x: levels %d..%d x 2 steps + denoise", mp.L - levels, mp.L - 1);
     compare_host(what, tag, hx[1], hx[0], BD, 0, 1e-4, 1e-4, 1, NULL);
@@ -405,31 +418,7 @@ static void test_sampler(const char *tag, const ncsn_config *cfg, int levels, do
 
 /* ---- 3. bf16 inference (the sampler's fast path) ------------------------------------------ */
 
-static double rel_l2(const float *a, const float *ref, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * (double)ref[i];
-    }
-    return den > 0.0 ? sqrt(num / den) : sqrt(num);
-}
 
-/* Runs the chain of test_sampler on one backend; returns x on the host. */
-static float *run_chain(ncsn_backend *be, ncsn_model *m, const model_pair *mp, const ncsn_sampler_options *o,
-                        int levels) {
-    const size_t BD = (size_t)BATCH * mp->D;
-    ncsn_sampler *smp =
-        ncsn_sampler_create(be, ncsn_model_score_fn, m, ncsn_model_sigmas_host(m), mp->L, mp->C, mp->H, mp->W, BATCH, o);
-    float *x = ncsn_alloc(be, BD * sizeof(float));
-    ncsn_sampler_init_batch(smp, x, 0, BATCH);
-    ncsn_sampler_run_levels(smp, x, 0, BATCH, mp->L - levels, mp->L);
-    ncsn_sampler_finish(smp, x, BATCH);
-    float *h = to_host(be, x, BD);
-    ncsn_free(be, x);
-    ncsn_sampler_free(smp);
-    return h;
-}
 
 /* One forward and a short chain with both models in bf16 NHWC inference. The GPU and the
  * CPU round the same activations to bf16, but their convolutions sum in different orders,
@@ -443,15 +432,7 @@ static float *run_chain(ncsn_backend *be, ncsn_model *m, const model_pair *mp, c
 static void test_bf16_inference(const char *tag, const ncsn_config *cfg, int levels, double step_lr) {
     model_pair mp = pair_create(cfg);
     const size_t BD = (size_t)BATCH * mp.D;
-    ncsn_sampler_options o;
-    ncsn_sampler_options_default(&o);
-    o.kind = NCSN_SAMPLER_ALD;
-    o.init = NCSN_INIT_UNIFORM;
-    o.init_lo = 0.0f, o.init_hi = 1.0f;
-    o.step_lr = step_lr;
-    o.n_steps_each = 2;
-    o.denoise = 1;
-    o.seed = SEED + 2;
+    const ncsn_sampler_options o = chain_options(step_lr, SEED + 2);
 
     /* One forward at every precision on the same inputs. */
     float *xh = ncsn_xmalloc(BD * sizeof(float));
@@ -478,7 +459,8 @@ static void test_bf16_inference(const char *tag, const ncsn_config *cfg, int lev
         ncsn_free(be, sc);
         ncsn_free(be, labels);
     }
-    const double d_score = rel_l2(score[1], score[0], BD), g_score = rel_l2(score[2], score[1], BD);
+    const double d_score = harness_relative_l2(score[1], score[0], BD);
+    const double g_score = harness_relative_l2(score[2], score[1], BD);
     harness_checks++;
     int ok = g_score <= 3.0 * d_score;
     if (!ok) harness_failures++;
@@ -488,15 +470,15 @@ static void test_bf16_inference(const char *tag, const ncsn_config *cfg, int lev
     /* The chains: CPU fp32 (for d), CPU bf16, GPU bf16 by graph replay and by direct ops. */
     ncsn_backend_set_precision(cpu, NCSN_PRECISION_FP32);
     ncsn_model_set_bf16_inference(mp.mc, 0);
-    float *x32 = run_chain(cpu, mp.mc, &mp, &o, levels);
+    float *x32 = run_chain(cpu, mp.mc, &mp, &o, levels, NULL);
     ncsn_backend_set_precision(cpu, NCSN_PRECISION_BF16);
     ncsn_model_set_bf16_inference(mp.mc, 1);
-    float *xc = run_chain(cpu, mp.mc, &mp, &o, levels);
-    float *xg = run_chain(gpu, mp.mg, &mp, &o, levels);
+    float *xc = run_chain(cpu, mp.mc, &mp, &o, levels, NULL);
+    float *xg = run_chain(gpu, mp.mg, &mp, &o, levels, NULL);
     setenv("NCSN_CUDA_GRAPHS", "0", 1);
-    float *xd = run_chain(gpu, mp.mg, &mp, &o, levels);
+    float *xd = run_chain(gpu, mp.mg, &mp, &o, levels, NULL);
     unsetenv("NCSN_CUDA_GRAPHS");
-    const double d_chain = rel_l2(xc, x32, BD), g_chain = rel_l2(xg, xc, BD);
+    const double d_chain = harness_relative_l2(xc, x32, BD), g_chain = harness_relative_l2(xg, xc, BD);
     harness_checks++;
     ok = g_chain <= 3.0 * d_chain;
     if (!ok) harness_failures++;
