@@ -11,12 +11,14 @@
  *                cuDNN writing fp32 NHWC, a kernel transposing back (the bf16 path before
  *                ncsn_model_set_bf16_inference);
  *   bf16 NHWC    bf16 NHWC activations end to end (ncsn_model_set_bf16_inference: what
- *                `ncsn sample` runs in bf16, the default), bias in cuDNN's epilogue; and the
- *                same with the bias in a separate kernel (cuDNN's fallback when no fused
+ *                `ncsn sample` runs in bf16, the default), each convolution's bias, residual
+ *                and ELU in cuDNN's fused epilogue; and the same with cuDNN writing fp32 and
+ *                a separate epilogue kernel (host/cuda_conv.c's fallback when no fused
  *                engine finalizes).
  * Bytes per op are what the CUDA kernels of kernels/ move: each tensor read once per pass
- * (the InstanceNorm++ statistics pass reads its input twice: mean, then squared deviations),
- * the 5x5 pools' and the resize's neighbourhood re-reads served by L1/L2 and counted once.
+ * (the fp32 InstanceNorm++ statistics pass reads its input twice: mean, then squared
+ * deviations; the bf16 one keeps small planes in shared memory between the two), the 5x5
+ * pools' and the resize's neighbourhood re-reads served by L1/L2 and counted once.
  * The per-call weight conversions of the staged design are charged to a batch of B images.
  *
  * Time, kernel by kernel (a roofline): a cuDNN convolution takes the longer of its arithmetic
@@ -52,7 +54,7 @@
 
 typedef enum { DESIGN_TF32, DESIGN_BF16_STAGED, DESIGN_BF16_NHWC, DESIGN_BF16_NHWC_UNFUSED, DESIGN_COUNT } design;
 static const char *const design_names[DESIGN_COUNT] = {"tf32 (fp32 NCHW)", "bf16 staged per conv",
-                                                      "bf16 NHWC, bias fused", "bf16 NHWC, bias unfused"};
+                                                      "bf16 NHWC, epilogue fused", "bf16 NHWC, epilogue unfused"};
 
 /* What one design's evaluation adds up to, per op kind. */
 enum { K_CONV, K_NORM, K_ELU, K_ADD, K_POOL, K_RESIZE, K_BOUNDARY, K_COUNT };
@@ -179,7 +181,11 @@ static void c_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_b
 static void c_in_plus_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, const float *gamma,
                            const float *alpha, const float *beta, int stride, const int32_t *labels, float *stats,
                            int N, int C, int H, int W, int elu) {
-    add(K_NORM, 3, (double)N * C * H * W * 2 * 4);
+    /* kernels/norms.cu: the statistics kernel keeps its slice of the plane in shared memory
+     * for the second pass when it fits (H W x 2 lanes x 16 bytes <= 40 KiB: planes up to
+     * 35 x 35), so the input is read twice (statistics, apply) instead of three times. */
+    const int staged = (double)H * W * 2 * 16 <= 40 * 1024;
+    add(K_NORM, 3, (double)N * C * H * W * 2 * (staged ? 3 : 4));
 }
 static void c_elu_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *x, size_t n) {
     add(K_ELU, 1, (double)n * 4);
