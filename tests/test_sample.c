@@ -135,8 +135,9 @@ static int files_equal(const char *p, const char *q) {
 /* ncsn <argv...> in-process (ncsn_cmd_sample returns its exit status). */
 static int run_sample(const char *args) {
     char buf[2048];
-    /* fp32: these runs are compared bit for bit with the core API's fp32 samples. */
-    snprintf(buf, sizeof buf, "%s --precision fp32", at(args));
+    /* fp32 unless the run says otherwise: these runs are compared bit for bit with the core
+     * API's fp32 samples. */
+    snprintf(buf, sizeof buf, "%s%s", at(args), strstr(args, "--precision") ? "" : " --precision fp32");
     char *argv[64];
     int argc = 0;
     for (char *tok = strtok(buf, " "); tok && argc < 63; tok = strtok(NULL, " ")) argv[argc++] = tok;
@@ -656,6 +657,46 @@ static void test_command(ncsn_backend *be) {
     EXPECT(run_sample("--checkpoint @/ckpt.safetensors --n 10 --batch 4 --out @/a.npz --seed 3 "
                       "--device cpu") == 0, "re-run of a complete npz failed");
     EXPECT(files_equal(at("@/a.npz"), at("@/b.npz")), "re-run changed the complete npz");
+
+    /* --precision bf16, the sampler's default: the network runs bf16 NHWC end to end. The
+     * chain state stays fp32 and the Langevin noise is the same, so the samples differ from
+     * the fp32 ones only through the scores' bf16 error, which test_infer_bf16 bounds at 5e-2
+     * relative L2 per evaluation and measures at ~1e-2; through a chain that moves x by O(1)
+     * (U[0, 1) start to samples), that is at most 5e-2 of the pixel range in the L2 sense:
+     * RMS pixel difference <= 0.05 * 255 = 12.75 levels. */
+    {
+        char bflog[600];
+        snprintf(bflog, sizeof bflog, "%s/bf16.log", scratch);
+        EXPECT(run_sample_child_log("--checkpoint @/ckpt.safetensors --n 10 --batch 10 --out @/bf16.npz --seed 3 "
+                                    "--device cpu --precision bf16",
+                                    bflog) == 0,
+               "--precision bf16 failed");
+        uint8_t *log_bytes = NULL;
+        size_t log_len = file_bytes(bflog, &log_bytes);
+        EXPECT(log_bytes && memmem(log_bytes, log_len, "bf16 NHWC activations end to end", 32),
+               "--precision bf16 did not run the bf16 NHWC network (its log lacks the line)");
+        free(log_bytes);
+        uint8_t *file;
+        size_t size = file_bytes(at("@/bf16.npz"), &file);
+        int64_t shape[4] = {0, 0, 0, 0};
+        const uint8_t *pix = file ? parse_npz(file, size, shape) : NULL;
+        EXPECT(pix && shape[0] == N, "bf16 npz: parse failed");
+        if (pix) {
+            double sq = 0.0;
+            int max_diff = 0;
+            for (size_t i = 0; i < (size_t)N * per; i++) {
+                int dlt = abs((int)pix[i] - (int)want_ema[i]);
+                sq += (double)dlt * dlt;
+                if (dlt > max_diff) max_diff = dlt;
+            }
+            const double rms = sqrt(sq / (double)((size_t)N * per));
+            printf("  %s   --precision bf16 (bf16 NHWC network) vs fp32 samples: RMS %.3f levels (bound 12.75), "
+                   "max %d levels\n",
+                   rms <= 12.75 ? "ok" : "FAIL", rms, max_diff);
+            EXPECT(rms <= 12.75, "bf16 samples RMS %.3f levels from the fp32 ones", rms);
+        }
+        free(file);
+    }
 
     /* --out G.png: a grid of 10 with nrow ceil(sqrt(10)) = 4: 4 x 3 cells of 28 px + 2 px padding. */
     EXPECT(run_sample("--checkpoint @/ckpt.safetensors --n 10 --batch 4 --out @/grid.png --seed 3 "
