@@ -35,6 +35,10 @@
  *               construction (same Philox keys on both backends), so every difference comes
  *               from the network's convolutions, fed back through a few chain steps.
  *
+ * bf16 NHWC inference (ncsn_model_set_bf16_inference, the sampler's default network): one
+ * forward and a short chain on both backends, each held to 3x the CPU's own measured distance
+ * from fp32 (test_bf16_inference says why), and graph replay vs direct ops bit for bit.
+ *
  * Multi-GPU: the public API has no device count, so this test does not pretend to test
  * data parallelism; it prints how to (tests/test_train_dp.c does it on the CPU).
  *
