@@ -81,18 +81,18 @@
  *                call lists never ask for it: models/layers.c keeps residuals apart.)
  *   fp32-output  conv -> Y fp32 NHWC in the workspace, then kernels/convert.cu runs the
  *                epilogue and rounds once: the contract, one more memory pass.
- *   bf16-output  conv -> Y bf16 NHWC (the caller's out; the workspace when the residual is
- *                out). Without an epilogue this is the contract and is tried first; with one,
- *                the epilogue kernel reads the rounded output: a second rounding (at most 1
- *                bf16 ulp more), tried last among the bf16 graphs and announced once.
+ *   bf16-output  conv -> Y bf16 NHWC, the caller's out: only for a convolution without an
+ *                epilogue (no bias, residual or ELU), where it is the contract; tried first
+ *                there. With an epilogue it would round twice, so it is never used.
  *   via-fp32     no bf16 engine at all (possibly the C = 3 first and K = 3 last convolutions,
  *                which tensor cores cannot tile): the input is widened to fp32 NCHW, the
  *                packed weights unpacked to fp32 KCRS (exact), the fp32 path's plan runs
  *                (TF32; strict FP32 if the backend is strict), its output is transposed to
  *                fp32 NHWC and the epilogue kernel rounds it into out; announced once. The
- *                numbers are those of the bf16 convolution: every bf16 value is exact in
- *                TF32, so the products are exact and accumulate in fp32 as in the bf16
- *                tensor-core engines.
+ *                numbers are those of the bf16 convolution to fp32 accuracy: every bf16 value
+ *                is exact in TF32, so the products are exact and accumulate in fp32 (an
+ *                engine with Winograd or FFT transforms adds fp32-level error, far inside
+ *                the bf16 output's rounding).
  * NCSN_CUDA_VERBOSE=1 prints the variant, engine and workspace of every shape;
  * cuda_conv_bf16_inference_variant() reports it to tests and benchmarks.
  * CUDA-graph capture: the first (eager) call with a shape builds its plan(s) and reserves
@@ -319,6 +319,11 @@ static int engine_allowed(cudnnBackendDescriptor_t engine, ncsn_precision precis
              note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION))
             return 0;
         if (precision == NCSN_PRECISION_TF32 && note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) return 0;
+        /* bf16 promises fp32 accumulation of the bf16 products (backend.h): no engine that
+         * reduces in lower precision or converts the inputs further (to fp16: 5 exponent bits). */
+        if (precision == NCSN_PRECISION_BF16 && (note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
+                                                 note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION))
+            return 0;
         if (deterministic && note == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) return 0;
     }
     return 1;
@@ -538,8 +543,6 @@ static size_t plan_workspace_bytes(const cuda_conv_plan *p) {
     size_t bytes = round_up((size_t)p->workspace_bytes);
     if (p->kind == PLAN_BF16_NHWC) {
         if (p->variant == CUDA_CONV_BF16_FP32_OUTPUT) bytes += round_up(slot_count(&p->desc, SLOT_Y) * sizeof(float));
-        if (p->variant == CUDA_CONV_BF16_BF16_OUTPUT && p->residual == RESIDUAL_IN_PLACE)
-            bytes += round_up(slot_count(&p->desc, SLOT_Y) * sizeof(ncsn_bf16));
         return bytes;
     }
     if (p->precision == NCSN_PRECISION_BF16) {
@@ -813,10 +816,6 @@ static const char *const bf16_variant_descriptions[CUDA_CONV_BF16_VARIANT_COUNT]
 /* Does the epilogue of `p` do anything (bias, residual, ELU)? */
 static int has_epilogue(const cuda_conv_plan *p) { return p->desc.has_bias || p->residual != RESIDUAL_NONE || p->elu; }
 
-/* Does a BF16_OUTPUT plan make cuDNN write into the workspace rather than into out? Only when
- * the residual is out itself: the convolution would overwrite it before the epilogue reads it. */
-static int bf16_output_staged(const cuda_conv_plan *p) { return p->residual == RESIDUAL_IN_PLACE; }
-
 /* Appends a pointwise operation `mode` (fp32 math) on `x` (and the operand `b` unless NULL)
  * to the graph of `p` being built, writing a new tensor: virtual fp32 with id `y_uid`, or
  * the bf16 NHWC output when y_uid is UID_Y. Returns that tensor, or NULL if cuDNN rejects the
@@ -888,8 +887,7 @@ static int build_bf16_nhwc_plan(cuda_backend_impl *impl, cuda_conv_plan *p, cuda
     else if (variant == CUDA_CONV_BF16_FP32_OUTPUT)
         conv_out = make_tensor(UID_Y, d->N, d->K, d->H, d->W, CUDNN_DATA_FLOAT, 1, staged_alignment);
     else
-        conv_out = make_tensor(UID_Y, d->N, d->K, d->H, d->W, CUDNN_DATA_BFLOAT16, 1,
-                               bf16_output_staged(p) ? staged_alignment : io_alignment);
+        conv_out = make_tensor(UID_Y, d->N, d->K, d->H, d->W, CUDNN_DATA_BFLOAT16, 1, io_alignment);
     own(p, conv_out);
     cudnnBackendDescriptor_t conv = make_convolution(d);
     own(p, conv);
@@ -1021,12 +1019,15 @@ static cuda_conv_plan *get_bf16_nhwc_plan(ncsn_backend *be, const ncsn_conv_desc
     if (p) return p;
     p = append_plan(impl, &key);
 
-    cuda_conv_bf16_variant order[3];
+    /* Every variant rounds once, as the contract says: with an epilogue, cuDNN's output is fp32
+     * (fused, or fp32-output), never bf16 with the epilogue applied after (that would round the
+     * convolution twice: half a bf16 step of the conv, many steps of a small sum); via-fp32 is
+     * the last resort for both. */
+    cuda_conv_bf16_variant order[2];
     int count = 0;
     if (has_epilogue(p)) {
         if (residual != RESIDUAL_IN_PLACE || FUSE_IN_PLACE_RESIDUAL) order[count++] = CUDA_CONV_BF16_FUSED;
         order[count++] = CUDA_CONV_BF16_FP32_OUTPUT;
-        order[count++] = CUDA_CONV_BF16_BF16_OUTPUT;
     } else {
         order[count++] = CUDA_CONV_BF16_BF16_OUTPUT;
         order[count++] = CUDA_CONV_BF16_FP32_OUTPUT;
@@ -1057,16 +1058,6 @@ static cuda_conv_plan *get_bf16_nhwc_plan(ncsn_backend *be, const ncsn_conv_desc
         p = find_plan(impl, &key);
         NCSN_CHECKF(p != NULL, "cuda_conv: the bf16 NHWC plan vanished from the cache");
         return p;
-    }
-    if (p->variant == CUDA_CONV_BF16_BF16_OUTPUT && has_epilogue(p) &&
-        (!impl->bf16_nhwc_double_rounding_reported || verbose)) {
-        fprintf(stderr,
-                "ncsn: cuda: conv N=%d C=%d H=%d W=%d K=%d k=%d dilation=%d: no cuDNN engine fuses its epilogue "
-                "(bias / residual / ELU) or writes fp32; the epilogue runs on the bf16 output (rounded twice: at most "
-                "1 bf16 ulp more)%s\n",
-                d->N, d->C, d->H, d->W, d->K, d->ksize, d->dilation,
-                impl->bf16_nhwc_double_rounding_reported ? "" : " (NCSN_CUDA_VERBOSE=1 lists every shape)");
-        impl->bf16_nhwc_double_rounding_reported = 1;
     }
     /* Grow the shared workspace now (the eager call), so captured calls never reallocate. */
     cuda_workspace_reserve(be, plan_workspace_bytes(p));
@@ -1165,13 +1156,10 @@ void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 
         ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, staged, 0, bias, residual, elu, rows, d->K);
         return;
     }
-    case CUDA_CONV_BF16_BF16_OUTPUT: {
+    case CUDA_CONV_BF16_BF16_OUTPUT: { /* no epilogue (get_bf16_nhwc_plan): cuDNN's output is the result */
+        NCSN_CHECK(!has_epilogue(p));
         char *workspace = cuda_workspace_reserve(be, plan_workspace_bytes(p));
-        ncsn_bf16 *conv_out =
-            bf16_output_staged(p) ? (ncsn_bf16 *)(workspace + round_up((size_t)p->workspace_bytes)) : out;
-        execute_variant_pack(impl, p, (void *)in, (void *)packed_w, conv_out, workspace);
-        if (has_epilogue(p))
-            ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, conv_out, 1, bias, residual, elu, rows, d->K);
+        execute_variant_pack(impl, p, (void *)in, (void *)packed_w, out, workspace);
         return;
     }
     case CUDA_CONV_BF16_VIA_FP32:

@@ -132,7 +132,7 @@ typedef struct {
     /* bf16 NHWC inference convolutions (conv2d_forward_bf16): set once a shape ran through
      * the fp32 path (no bf16 engine at all), resp. once an epilogue (bias, residual, ELU) ran
      * on a bf16 output (a second rounding), so each one-line note is printed once. */
-    int bf16_nhwc_fallback_reported, bf16_nhwc_double_rounding_reported;
+    int bf16_nhwc_fallback_reported;
 } cuda_backend_impl;
 
 static inline cuda_backend_impl *cuda_impl(ncsn_backend *be) { return (cuda_backend_impl *)be->impl; }
@@ -166,8 +166,7 @@ void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 
 typedef enum {
     CUDA_CONV_BF16_FUSED = 0,   /* one cuDNN graph: conv -> fp32 -> epilogue -> bf16 */
     CUDA_CONV_BF16_FP32_OUTPUT, /* cuDNN writes fp32 NHWC; a kernel runs the epilogue, rounds */
-    CUDA_CONV_BF16_BF16_OUTPUT, /* cuDNN writes bf16 NHWC; a kernel runs any epilogue on it
-                                   (then a second rounding, announced once) */
+    CUDA_CONV_BF16_BF16_OUTPUT, /* cuDNN writes bf16 NHWC (only without an epilogue) */
     CUDA_CONV_BF16_VIA_FP32,    /* no bf16 engine: fp32 NCHW staging, the TF32 / FP32 plan */
     CUDA_CONV_BF16_VARIANT_COUNT
 } cuda_conv_bf16_variant;
