@@ -1032,7 +1032,8 @@ static ncsn_precision sampler_precision(const char *flag) {
 static void sampler_network_format(ncsn_backend *be, ncsn_model *m) {
     if (be->precision != NCSN_PRECISION_BF16) return;
     if (ncsn_model_set_bf16_inference(m, 1)) /* 0: the toy MLP, which keeps fp32 activations */
-        fprintf(stderr, "sampler network: bf16 NHWC activations end to end, weights packed once\n");
+        fprintf(stderr, "sampler network: bf16 NHWC activations end to end (fp32 math in every op, norm statistics "
+                        "and chain state fp32), weights packed once\n");
 }
 
 int ncsn_cmd_sample(int argc, char **argv) {
