@@ -1019,7 +1019,8 @@ static void check_finite_batch(const float *x, int nb, size_t per, uint32_t firs
  * is measured and bounded. That is bf16, where the network runs bf16 NHWC end to end
  * (sampler_network_format): one CIFAR-10 NCSNv2 evaluation within 1.2e-2 relative L2 of fp32
  * (bound 5e-2), and a chain's state, which stays fp32, within the network's error times the
- * chain's own movement (tests/test_infer_bf16.c). The bound is established on the CPU;
+ * chain's own movement (tests/test_infer_bf16.c); a full 232 x 5 chain ended 3.4e-3 from the
+ * fp32 one (measured once). The bound is established on the CPU;
  * cuDNN rounds the same tensors the same way, and make test-gpu checks CUDA bf16 inference
  * against the CPU's. --precision fp32 reproduces exactly. */
 static ncsn_precision sampler_precision(const char *flag) {
