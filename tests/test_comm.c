@@ -354,9 +354,7 @@ static int run_worker(const char *role) {
         sleep(60);
         return 0;
     }
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be) ncsn_die("cpu backend: %s", err);
+    ncsn_backend *be = harness_cpu_backend();
     ncsn_comm *comm = ncsn_comm_create(be);
     EXPECT(!strcmp(ncsn_comm_kind(comm), "shm"), "kind %s", ncsn_comm_kind(comm));
     EXPECT(ncsn_comm_rank(comm) == env.rank && ncsn_comm_world_size(comm) == env.world_size &&
@@ -699,12 +697,11 @@ static void barrier_with_bad_peer(void *arg) {
     set_env("NCSN_COMM_TIMEOUT", "0.5");
     int fds[2];
     if (pipe(fds) != 0) exit(2);
-    char err[256];
     pid_t peer = fork();
     if (peer == 0) {
         set_env("NCSN_RANK", "1");
         close(fds[1]);
-        ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+        ncsn_backend *be = harness_cpu_backend();
         ncsn_comm *comm = ncsn_comm_create(be);
         (void)comm;
         char c;
@@ -715,7 +712,7 @@ static void barrier_with_bad_peer(void *arg) {
     }
     close(fds[0]);
     set_env("NCSN_RANK", "0");
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    ncsn_backend *be = harness_cpu_backend();
     /* Keep rank 0's "comm: ..." line out of the captured stderr: the check shows the error. */
     fflush(stderr);
     int saved_stderr = dup(2), null_fd = open("/dev/null", O_WRONLY);
@@ -735,14 +732,12 @@ static void rank0_without_peers(void *arg) {
     set_env("NCSN_WORLD_SIZE", "2");
     set_env("NCSN_RENDEZVOUS", spec);
     set_env("NCSN_RENDEZVOUS_TIMEOUT", "0.3");
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    ncsn_backend *be = harness_cpu_backend();
     ncsn_comm_create(be);
 }
 
 static void comm_create_die(void *arg) {
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    ncsn_backend *be = harness_cpu_backend();
     (void)arg;
     ncsn_comm_create(be);
 }
@@ -786,8 +781,7 @@ static void test_failures(char *self) {
 
 static void test_single_process(void) {
     clear_launcher_env();
-    char err[256];
-    ncsn_backend *be = ncsn_cpu_backend_create(err, sizeof err);
+    ncsn_backend *be = harness_cpu_backend();
     ncsn_comm *comm = ncsn_comm_create(be);
     float x[5] = {1.5f, -2.0f, 3.25f, 0.0f, 1e-30f}, y[5];
     memcpy(y, x, sizeof x);

@@ -223,12 +223,7 @@ static void test_chain(const ncsn_config *cfg) {
 }
 
 int main(void) {
-    char err[256];
-    be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
-    if (!be) {
-        fprintf(stderr, "test_infer_bf16: %s\n", err);
-        return 1;
-    }
+    be = harness_cpu_backend();
     ncsn_config cifar, mnist, deeper;
     ncsn_config_load(&cifar, "models/configs/cifar10.yml");
     ncsn_config_load(&mnist, "models/configs/mnist_v1.yml");

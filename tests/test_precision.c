@@ -390,12 +390,8 @@ static void test_conv_case(int N, int C, int H, int W, int K, int ksize, int dil
 
 int main(void) {
     char err[256];
-    be_fp32 = ncsn_cpu_backend_create(err, sizeof err);
-    be_mixed = ncsn_cpu_backend_create(err, sizeof err);
-    if (!be_fp32 || !be_mixed) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    be_fp32 = harness_cpu_backend();
+    be_mixed = harness_cpu_backend();
     EXPECT(be_fp32->precision == NCSN_PRECISION_FP32, "a new CPU backend is not FP32 (precision %d)",
            (int)be_fp32->precision);
     be_gpu = ncsn_backend_create(NCSN_DEVICE_CUDA, err, sizeof err);

@@ -285,12 +285,7 @@ static void test_command(void) {
 }
 
 int main(void) {
-    char err[256];
-    ncsn_backend *be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    ncsn_backend *be = harness_cpu_backend();
     test_max_distance(be);
     test_gamma();
     test_step_lr();

@@ -207,12 +207,7 @@ static void check_fixture(ncsn_backend *be, const char *name) {
 }
 
 int main(void) {
-    char err[256];
-    ncsn_backend *be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
-    if (!be) {
-        printf("cannot create the CPU backend: %s\n", err);
-        return 1;
-    }
+    ncsn_backend *be = harness_cpu_backend();
     check_fixture(be, "ssm_toy");
     check_fixture(be, "ssm_v1_28");
     ncsn_backend_destroy(be);

@@ -558,8 +558,7 @@ static void step_pieces_on(const char *what, const char *config_text, int check_
     printf("-- one step of %s, against a host recomputation\n", what);
     ncsn_config cfg;
     ncsn_config_parse(&cfg, config_text, what);
-    char err[256];
-    ncsn_backend *be = ncsn_backend_create(NCSN_DEVICE_CPU, err, sizeof err);
+    ncsn_backend *be = harness_cpu_backend();
     ncsn_model *m = ncsn_model_create(be, &cfg);
     const int B = cfg.training.batch_size;
     const uint64_t seed = 77;
