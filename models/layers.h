@@ -311,6 +311,12 @@ void refinenet_forward(const layer_ctx *c, const refinenet *n, float *score, con
 void refinenet_backward(const layer_ctx *c, const refinenet *n, float *dx, const float *dscore,
                         const float *sigmas);
 
+/* Does the network apply 2x - 1 to its [0, 1] input itself? Yes unless data.logit_transform
+ * or data.rescaled (the official get_model). */
+static inline int refinenet_centre_input(const ncsn_config *cfg) {
+    return !cfg->data.logit_transform && !cfg->data.rescaled;
+}
+
 /* The architectures (models/ncsn_v1.c, models/ncsnv2.c). */
 void ncsn_v1_build(net_builder *b, refinenet *n, const ncsn_config *cfg);
 void ncsnv2_build(net_builder *b, refinenet *n, const ncsn_config *cfg);

@@ -19,7 +19,6 @@ void ncsn_v1_build(net_builder *b, refinenet *n, const ncsn_config *cfg) {
     };
     const refine_desc refines[4] = {{"refine1", 2 * ngf}, {"refine2", 2 * ngf}, {"refine3", ngf}, {"refine4", ngf}};
     const int order[4] = {0, 1, 2, 3};
-    const int centre = !cfg->data.logit_transform && !cfg->data.rescaled;
-    refinenet_build(b, n, /*conditional=*/1, /*divide_by_sigma=*/0, centre, cfg->data.channels, cfg->data.image_size,
-                    cfg->data.image_size, ngf, 4, stages, refines, order);
+    refinenet_build(b, n, /*conditional=*/1, /*divide_by_sigma=*/0, refinenet_centre_input(cfg), cfg->data.channels,
+                    cfg->data.image_size, cfg->data.image_size, ngf, 4, stages, refines, order);
 }

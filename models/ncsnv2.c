@@ -7,8 +7,6 @@
  */
 #include "models/layers.h"
 
-static int centre_input(const ncsn_config *cfg) { return !cfg->data.logit_transform && !cfg->data.rescaled; }
-
 void ncsnv2_build(net_builder *b, refinenet *n, const ncsn_config *cfg) {
     const int ngf = cfg->model.ngf;
     const res_stage_desc stages[4] = {
@@ -19,8 +17,8 @@ void ncsnv2_build(net_builder *b, refinenet *n, const ncsn_config *cfg) {
     };
     const refine_desc refines[4] = {{"refine1", 2 * ngf}, {"refine2", 2 * ngf}, {"refine3", ngf}, {"refine4", ngf}};
     const int order[4] = {0, 1, 2, 3};
-    refinenet_build(b, n, 0, 1, centre_input(cfg), cfg->data.channels, cfg->data.image_size, cfg->data.image_size,
-                    ngf, 4, stages, refines, order);
+    refinenet_build(b, n, 0, 1, refinenet_centre_input(cfg), cfg->data.channels, cfg->data.image_size,
+                    cfg->data.image_size, ngf, 4, stages, refines, order);
 }
 
 void ncsnv2_deeper_build(net_builder *b, refinenet *n, const ncsn_config *cfg) {
@@ -36,8 +34,8 @@ void ncsnv2_deeper_build(net_builder *b, refinenet *n, const ncsn_config *cfg) {
         {"refine1", 4 * ngf}, {"refine2", 2 * ngf}, {"refine3", 2 * ngf}, {"refine4", ngf}, {"refine5", ngf},
     };
     const int order[5] = {0, 1, 2, 3, 4};
-    refinenet_build(b, n, 0, 1, centre_input(cfg), cfg->data.channels, cfg->data.image_size, cfg->data.image_size,
-                    ngf, 5, stages, refines, order);
+    refinenet_build(b, n, 0, 1, refinenet_centre_input(cfg), cfg->data.channels, cfg->data.image_size,
+                    cfg->data.image_size, ngf, 5, stages, refines, order);
 }
 
 void ncsnv2_deepest_build(net_builder *b, refinenet *n, const ncsn_config *cfg) {
@@ -57,6 +55,6 @@ void ncsnv2_deepest_build(net_builder *b, refinenet *n, const ncsn_config *cfg) 
         {"refine3", 2 * ngf}, {"refine4", ngf},     {"refine5", ngf},
     };
     const int order[6] = {0, 1, 3, 2, 4, 5};
-    refinenet_build(b, n, 0, 1, centre_input(cfg), cfg->data.channels, cfg->data.image_size, cfg->data.image_size,
-                    ngf, 6, stages, refines, order);
+    refinenet_build(b, n, 0, 1, refinenet_centre_input(cfg), cfg->data.channels, cfg->data.image_size,
+                    cfg->data.image_size, ngf, 6, stages, refines, order);
 }
