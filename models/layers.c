@@ -134,9 +134,9 @@ void conv_build(net_builder *b, conv_layer *l, const char *name, int C, int K, i
     b->convs[b->n_convs++] = l;
 }
 
-static ncsn_conv_desc conv_desc(const layer_ctx *c, const conv_layer *l) {
+ncsn_conv_desc conv_layer_desc(const conv_layer *l, int N) {
     ncsn_conv_desc d;
-    d.N = c->N;
+    d.N = N;
     d.C = l->C;
     d.H = l->H;
     d.W = l->W;
@@ -146,6 +146,8 @@ static ncsn_conv_desc conv_desc(const layer_ctx *c, const conv_layer *l) {
     d.has_bias = l->b != NCSN_NO_PARAM;
     return d;
 }
+
+static ncsn_conv_desc conv_desc(const layer_ctx *c, const conv_layer *l) { return conv_layer_desc(l, c->N); }
 
 /* ---- the forward's activation ops: fp32 NCHW, or bf16 NHWC in bf16 inference ----------- */
 

@@ -157,6 +157,8 @@ typedef struct {
 
 void conv_build(net_builder *b, conv_layer *l, const char *name, int C, int K, int ksize, int dilation,
                 int has_bias, int H, int W);
+/* The layer's convolution at batch N. */
+ncsn_conv_desc conv_layer_desc(const conv_layer *l, int N);
 void conv_forward(const layer_ctx *c, const conv_layer *l, float *out, const float *in);
 /* dw, db += ...; din (may be NULL: not wanted) overwritten or accumulated. */
 void conv_backward(const layer_ctx *c, const conv_layer *l, float *din, int accumulate, const float *dout,

@@ -260,7 +260,7 @@ int ncsn_model_set_bf16_inference(ncsn_model *m, int on) {
     size_t total = 0;
     for (int i = 0; i < m->n_convs; i++) {
         conv_layer *l = m->convs[i];
-        ncsn_conv_desc d = {1, l->C, l->H, l->W, l->K, l->ksize, l->dilation, l->b != NCSN_NO_PARAM};
+        const ncsn_conv_desc d = conv_layer_desc(l, 1);
         l->packed = total;
         size_t bytes = ncsn_conv2d_packed_weights_bytes(m->be, &d);
         NCSN_CHECKF(bytes > 0 && bytes % 256 == 0,
@@ -270,7 +270,7 @@ int ncsn_model_set_bf16_inference(ncsn_model *m, int on) {
     m->packed = ncsn_alloc(m->be, total);
     for (int i = 0; i < m->n_convs; i++) {
         const conv_layer *l = m->convs[i];
-        ncsn_conv_desc d = {1, l->C, l->H, l->W, l->K, l->ksize, l->dilation, l->b != NCSN_NO_PARAM};
+        const ncsn_conv_desc d = conv_layer_desc(l, 1);
         ncsn_conv2d_pack_weights_bf16(m->be, m->packed + l->packed, m->params + l->w,
                                       d.has_bias ? m->params + l->b : NULL, &d);
     }
