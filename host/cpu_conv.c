@@ -710,9 +710,13 @@ void cpu_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 *
     NCSN_CHECKF(!residual || residual == out || residual + out_n <= out || out + out_n <= residual,
                 "conv2d_forward_bf16: the residual overlaps the output without being it");
     cpu_backend_impl *impl = be->impl;
-    const float *b = d->has_bias ? (const float *)((const char *)packed_w + packed_bias_offset(impl, d)) : NULL;
     const int epilogue = (residual ? EPILOGUE_SUM : 0) | (elu ? EPILOGUE_ELU : 0);
     cpu_conv_entry *e = conv_lookup_bf16_nhwc(impl, d, epilogue);
+    /* The entry's user weights layout is the packed one: the bias follows it (packed_bias_offset,
+     * without a second cache lookup on every call). */
+    const dnnl_memory_desc_t *packed_md = &e->dir[CPU_CONV_FORWARD].args[ARG_WEIGHTS].user_md;
+    const size_t bias_offset = round_up_256(dnnl_memory_desc_get_size(packed_md));
+    const float *b = d->has_bias ? (const float *)((const char *)packed_w + bias_offset) : NULL;
     if (!e->epilogue_in_loop) {
         /* On the jit path nothing is staged: src, packed weights and dst are the primitive's own. */
         if (residual && residual != out) memcpy(out, residual, out_n * sizeof *out);
