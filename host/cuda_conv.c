@@ -990,7 +990,7 @@ static void forward_bf16_via_fp32(ncsn_backend *be, ncsn_bf16 *out, const ncsn_b
     ncsn_cuda_channels_last_to_first_f32(impl->stream, w, packed_w, 1, d->K, d->C, (size_t)d->ksize * d->ksize, 0);
     execute_plan(be, p, x, w, y, y); /* needs only the plan's own part of the workspace */
     ncsn_cuda_channels_first_to_last_f32(impl->stream, y_nhwc, y, d->N, d->K, spatial);
-    ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, y_nhwc, 0, d->has_bias ? b : NULL, residual, elu,
+    ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, y_nhwc, d->has_bias ? b : NULL, residual, elu,
                                  (size_t)d->N * spatial, d->K);
 }
 
@@ -1153,7 +1153,7 @@ void cuda_conv2d_forward_bf16(ncsn_backend *be, ncsn_bf16 *out, const ncsn_bf16 
         char *workspace = cuda_workspace_reserve(be, plan_workspace_bytes(p));
         float *staged = (float *)(workspace + round_up((size_t)p->workspace_bytes));
         execute_variant_pack(impl, p, (void *)in, (void *)packed_w, staged, workspace);
-        ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, staged, 0, bias, residual, elu, rows, d->K);
+        ncsn_cuda_nhwc_epilogue_bf16(impl->stream, out, staged, bias, residual, elu, rows, d->K);
         return;
     }
     case CUDA_CONV_BF16_BF16_OUTPUT: { /* no epilogue (get_bf16_nhwc_plan): cuDNN's output is the result */

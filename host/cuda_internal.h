@@ -187,11 +187,10 @@ const char *cuda_conv_bf16_variant_name(cuda_conv_bf16_variant v);
 /* The epilogue of an unfused bf16 NHWC convolution, for r < rows (= N*H*W), k < K:
  *   dst[r][k] = bf16(act(src[r][k] + bias[k] + residual[r][k])), act = ELU if elu,
  * summed in fp32 in that order and rounded once (ncsn_bf16_from_float). bias and residual may
- * be NULL (no add). src is fp32 (src_is_bf16 = 0, a staging copy) or bf16 (src_is_bf16 = 1).
- * Each element is read before it is written by the same thread, so dst may equal src (bf16)
- * or residual. */
-void ncsn_cuda_nhwc_epilogue_bf16(cudaStream_t stream, ncsn_bf16 *dst, const void *src, int src_is_bf16,
-                                  const float *bias, const ncsn_bf16 *residual, int elu, size_t rows, int K);
+ * be NULL (no add). src is the fp32 staging of the convolution's output. Each element is read
+ * before it is written by the same thread, so dst may equal residual. */
+void ncsn_cuda_nhwc_epilogue_bf16(cudaStream_t stream, ncsn_bf16 *dst, const float *src, const float *bias,
+                                  const ncsn_bf16 *residual, int elu, size_t rows, int K);
 /* dst[b][s][c] = src[b][c][s], fp32 both (the fp32 twin of ncsn_cuda_channels_first_to_last_bf16
  * in kernels/cuda_launch.h: the fallback's fp32 NCHW output into NHWC for the epilogue). */
 void ncsn_cuda_channels_first_to_last_f32(cudaStream_t stream, float *dst, const float *src, int B, int C, size_t S);

@@ -129,10 +129,10 @@ extern "C" void ncsn_cuda_channels_last_to_first_f32(cudaStream_t stream, float 
  * fastest index. A memory-bound pass; the bias row is tiny and stays in L1. The sum is in
  * fp32 in backend.h's order, which the fused cuDNN graph follows too (conv + bias, then
  * + residual, then the ELU), and rounds once through the shared element math. */
-static __global__ void nhwc_epilogue_bf16_kernel(ncsn_bf16 *dst, const void *src, int src_is_bf16, const float *bias,
+static __global__ void nhwc_epilogue_bf16_kernel(ncsn_bf16 *dst, const float *src, const float *bias,
                                                  const ncsn_bf16 *residual, int elu, size_t n, int K) {
     NCSN_CUDA_GRID_STRIDE_LOOP(i, n) {
-        float v = src_is_bf16 ? ncsn_float_from_bf16(((const ncsn_bf16 *)src)[i]) : ((const float *)src)[i];
+        float v = src[i];
         if (bias) v += bias[i % (size_t)K];
         if (residual) v += ncsn_float_from_bf16(residual[i]);
         if (elu) v = ncsn_elu(v);
@@ -140,12 +140,11 @@ static __global__ void nhwc_epilogue_bf16_kernel(ncsn_bf16 *dst, const void *src
     }
 }
 
-extern "C" void ncsn_cuda_nhwc_epilogue_bf16(cudaStream_t stream, ncsn_bf16 *dst, const void *src, int src_is_bf16,
-                                             const float *bias, const ncsn_bf16 *residual, int elu, size_t rows,
-                                             int K) {
+extern "C" void ncsn_cuda_nhwc_epilogue_bf16(cudaStream_t stream, ncsn_bf16 *dst, const float *src, const float *bias,
+                                             const ncsn_bf16 *residual, int elu, size_t rows, int K) {
     size_t n = rows * (size_t)K;
     if (n == 0) return;
-    nhwc_epilogue_bf16_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(dst, src, src_is_bf16, bias,
-                                                                                   residual, elu, n, K);
+    nhwc_epilogue_bf16_kernel<<<ncsn_cuda_grid(n), NCSN_CUDA_THREADS, 0, stream>>>(dst, src, bias, residual, elu, n,
+                                                                                   K);
     CUDA_CHECK_LAUNCH(stream);
 }
